@@ -1,0 +1,42 @@
+"""Celery settings, derived from orchestration.settings (TROUPE_* environment variables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestration.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.effective_broker_url
+result_backend = _settings.effective_result_backend
+
+# JSON only on the wire: no pickle, ever.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# At-least-once delivery: a delegation is acknowledged after it ran, re-queued if its
+# worker dies, and a worker holds one message at a time so a crash strands at most one.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+task_default_queue = _settings.queue
+task_create_missing_queues = True
+result_expires = 24 * 3600
+broker_connection_retry_on_startup = True
+
+# Flower shows queued tasks only when the client sends task-sent events.
+task_send_sent_event = True
+worker_send_task_events = True
+
+broker_transport_options: dict[str, Any]
+if _settings.embedded:
+    broker_transport_options = {"polling_interval": _settings.embedded_polling_interval}
+    worker_hijack_root_logger = False
+    worker_redirect_stdouts = False
+else:
+    broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+    result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}

@@ -1,0 +1,1 @@
+"""Agent adapters: turn an AgentCall into an AgentResult, whatever the agent is."""

@@ -1,0 +1,60 @@
+"""The ``python`` agent kind: a dotted path to a callable, sync or async."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from orchestration.agents.call import AgentCall, AgentResult
+from orchestration.errors import AgentLoadError, PermanentAgentError
+
+
+@lru_cache(maxsize=512)
+def load_target(target: str) -> Callable[..., Any]:
+    """Import ``package.module:attribute``; raise AgentLoadError with the reason."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        raise AgentLoadError(f"cannot import {module_name!r}: {reason}") from None
+    obj: Any = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AgentLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(obj):
+        raise AgentLoadError(f"{target!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+class PythonCallableAgent:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._function = load_target(target)
+
+    def invoke(self, call: AgentCall) -> AgentResult:
+        value = self._function(call)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+        result = value if isinstance(value, AgentResult) else AgentResult(output=value)
+        _require_json(result.output, self.target)
+        return result
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _require_json(value: Any, target: str) -> None:
+    # Outputs cross the broker and the database as JSON; refuse anything else up front.
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PermanentAgentError(f"{target} returned a value that is not JSON: {exc}") from None

@@ -1,0 +1,126 @@
+"""Commands about executions: run-team, status, validate, stop."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+
+from orchestration.cli import exit_codes
+from orchestration.cli.render import ProgressPrinter, print_plan, print_result
+from orchestration.errors import WaitTimeout
+from orchestration.report import ExecutionReport
+from orchestration.settings import get_settings
+from orchestration.team import Team, execution
+
+
+def _parse_input(text: str | None, json_text: str | None) -> Any:
+    if text is not None and json_text is not None:
+        raise click.UsageError("give --input or --input-json, not both")
+    if json_text is None:
+        return text
+    try:
+        return json.loads(json_text)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--input-json is not valid JSON: {exc}") from None
+
+
+def _exit_code(report: ExecutionReport) -> int:
+    return exit_codes.COMPLETED if report.status == "completed" else exit_codes.FAILED
+
+
+@click.command("run-team")
+@click.argument("team_file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_text", help="The execution input, as text.")
+@click.option("--input-json", help="The execution input, as a JSON value.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
+@click.option("--no-wait", is_flag=True, help="Enqueue, print the execution id, return.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop waiting after this many seconds (exit 3).",
+)
+def run_team(
+    team_file: str,
+    input_text: str | None,
+    input_json: str | None,
+    as_json: bool,
+    no_wait: bool,
+    timeout: float | None,
+) -> int:
+    """Run TEAM_FILE and wait for its result."""
+    input_value = _parse_input(input_text, input_json)
+    settings = get_settings()
+    if no_wait and settings.embedded:
+        raise click.UsageError(
+            "--no-wait needs a broker (set TROUPE_BROKER_URL); the embedded worker lives "
+            "only as long as this command"
+        )
+    team = Team.load(team_file)
+    console = Console(stderr=as_json, highlight=False)
+    handle = team.enqueue(input_value, check_worker=not no_wait)
+    if no_wait:
+        click.echo(
+            json.dumps({"execution_id": handle.execution_id}) if as_json else handle.execution_id
+        )
+        return exit_codes.COMPLETED
+    if not as_json:
+        console.print(
+            f"execution {handle.execution_id} of team {team.name!r} "
+            f"({'embedded' if settings.embedded else 'distributed'})"
+        )
+    progress = None if as_json else ProgressPrinter(console)
+    try:
+        report = handle.wait(timeout=timeout, on_progress=progress)
+    except (WaitTimeout, KeyboardInterrupt) as exc:
+        if settings.embedded:
+            # The worker dies with this process: record that the run stops here.
+            handle.cancel("run-team stopped waiting and its embedded worker stopped")
+        elif isinstance(exc, WaitTimeout):
+            raise WaitTimeout(handle.execution_id, exc.seconds) from None
+        if isinstance(exc, KeyboardInterrupt):
+            raise click.Abort() from None
+        raise
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        print_result(console, report)
+    return _exit_code(report)
+
+
+@click.command()
+@click.argument("execution_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(execution_id: str, as_json: bool) -> int:
+    """Show an execution's status, steps and output."""
+    report = execution(execution_id).report()
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        print_result(Console(highlight=False), report)
+    if not report.finished:
+        return exit_codes.COMPLETED
+    return _exit_code(report)
+
+
+@click.command()
+@click.argument("team_file", type=click.Path(dir_okay=False))
+def validate(team_file: str) -> int:
+    """Check TEAM_FILE and print its plan: levels, steps, agents, policies."""
+    team = Team.load(team_file)
+    print_plan(Console(highlight=False), team.spec, team.plan, team_file)
+    return exit_codes.COMPLETED
+
+
+@click.command()
+@click.argument("execution_id")
+def stop(execution_id: str) -> int:
+    """Cancel an execution: recorded first, so no later step calls its agent."""
+    handle = execution(execution_id)
+    if handle.cancel("stopped by `manage.py stop`"):
+        click.echo(f"execution {execution_id} cancelled")
+        return exit_codes.COMPLETED
+    click.echo(f"execution {execution_id} had already finished ({handle.status()})", err=True)
+    return exit_codes.COMPLETED

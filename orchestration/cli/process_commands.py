@@ -1,0 +1,102 @@
+"""Commands that run the long-lived processes: worker, beat, flower; and db migrations."""
+
+from __future__ import annotations
+
+import click
+
+from orchestration.cli import exit_codes
+from orchestration.settings import get_settings
+from orchestration.store.database import ensure_schema, schema_is_current, upgrade_schema
+
+
+def _require_broker(command: str) -> None:
+    if get_settings().embedded:
+        raise click.UsageError(
+            f"`{command}` needs TROUPE_BROKER_URL (e.g. redis://127.0.0.1:6379/0); "
+            "in embedded mode run-team starts its own worker"
+        )
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("-c", "--concurrency", type=int, help="Worker processes (default: settings).")
+@click.option("--pool", default="prefork", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-n", "--hostname", help="Worker node name.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    concurrency: int | None,
+    pool: str,
+    loglevel: str,
+    hostname: str | None,
+    celery_args: tuple[str, ...],
+) -> int:
+    """Start a Celery worker that runs delegations."""
+    _require_broker("worker")
+    settings = get_settings()
+    ensure_schema(settings.effective_database_url, auto_upgrade=False)
+    from workers.app import app
+
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--queues={settings.queue}",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--pool={pool}",
+        "--events",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main([*argv, *celery_args])
+    return exit_codes.COMPLETED
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(loglevel: str, celery_args: tuple[str, ...]) -> int:
+    """Start Celery beat, which schedules heartbeats and the reaper."""
+    _require_broker("beat")
+    settings = get_settings()
+    from workers.app import app
+
+    schedule = settings.state_dir / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])
+    return exit_codes.COMPLETED
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, flower_args: tuple[str, ...]) -> int:
+    """Start the Flower dashboard; delegations appear under their agents' names."""
+    _require_broker("flower")
+    from workers.app import app
+
+    app.start(["flower", f"--port={port}", *flower_args])
+    return exit_codes.COMPLETED
+
+
+@click.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command()
+def upgrade() -> int:
+    """Create or migrate the schema to the current revision."""
+    url = get_settings().effective_database_url
+    upgrade_schema(url)
+    click.echo("database schema is current")
+    return exit_codes.COMPLETED
+
+
+@db.command()
+def check() -> int:
+    """Exit 0 if the schema is current, 4 if it needs `db upgrade`."""
+    url = get_settings().effective_database_url
+    if schema_is_current(url):
+        click.echo("database schema is current")
+        return exit_codes.COMPLETED
+    click.echo("database schema needs `python manage.py db upgrade`", err=True)
+    return exit_codes.UNAVAILABLE

@@ -1,0 +1,134 @@
+"""Human-readable output: live step progress, the plan, and the final table (rich)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from orchestration.report import ExecutionReport
+from orchestration.spec import TeamSpec
+from workflows.plan import ExecutionPlan
+
+_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "skipped": "dim",
+    "running": "cyan",
+    "retrying": "magenta",
+    "pending": "dim",
+}
+
+
+class ProgressPrinter:
+    """Prints each step's transitions as the execution advances (called on every poll)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._seen: dict[str, tuple[str, int]] = {}
+
+    def __call__(self, report: ExecutionReport) -> None:
+        for step in report.steps:
+            state = (step.status, step.attempts)
+            if self._seen.get(step.id) == state:
+                continue
+            previous = self._seen.get(step.id)
+            self._seen[step.id] = state
+            if previous is None and step.status == "pending":
+                continue
+            self._console.print(
+                self._line(
+                    step.id,
+                    step.agent,
+                    step.status,
+                    step.attempts,
+                    step.duration_ms,
+                    step.error,
+                    report.reasons.get(step.id),
+                )
+            )
+
+    @staticmethod
+    def _line(
+        step_id: str,
+        agent: str,
+        status: str,
+        attempts: int,
+        duration_ms: int | None,
+        error: str | None,
+        reason: str | None,
+    ) -> Text:
+        text = Text()
+        text.append(f"{status:>9} ", style=_STYLE.get(status, ""))
+        text.append(step_id, style="bold")
+        text.append(f" ({agent})", style="dim")
+        if status == "running" and attempts > 1:
+            text.append(f" attempt {attempts}")
+        elif status == "retrying":
+            text.append(f" attempt {attempts} failed: {error}; retrying")
+        elif status == "completed":
+            text.append(f" in {duration_ms} ms" if duration_ms is not None else "")
+            if attempts > 1:
+                text.append(f" after {attempts} attempts")
+        elif status == "failed":
+            text.append(f" after {attempts} attempt{'s' if attempts != 1 else ''}: {error}")
+        elif status in ("skipped", "cancelled") and reason:
+            text.append(f": {reason}", style="dim")
+        return text
+
+
+def print_result(console: Console, report: ExecutionReport) -> None:
+    table = Table(title=f"{report.team} · {report.execution_id}", title_justify="left")
+    for column in ("step", "agent", "status", "attempts", "ms", "error / reason"):
+        table.add_column(column)
+    for step in report.steps:
+        table.add_row(
+            step.id,
+            step.agent,
+            Text(step.status, style=_STYLE.get(step.status, "")),
+            str(step.attempts),
+            "" if step.duration_ms is None else str(step.duration_ms),
+            step.error or report.reasons.get(step.id) or "",
+        )
+    console.print(table)
+    style = _STYLE.get(report.status, "")
+    console.print(Text(f"execution {report.status}", style=f"bold {style}"))
+    if report.error:
+        console.print(Text(report.error, style="red"))
+    console.print("output:")
+    console.print_json(json.dumps(report.output, ensure_ascii=False, default=str))
+
+
+def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: str) -> None:
+    console.print(Text(f"{source}: team {spec.name!r} is valid", style="green"))
+    console.print(
+        f"strategy: {plan.strategy.value}; {len(plan.steps)} steps in "
+        f"{len(plan.levels)} level{'s' if len(plan.levels) != 1 else ''}"
+    )
+    table = Table(show_lines=False)
+    for column in ("level", "step", "agent", "after", "when", "time limit", "retry"):
+        table.add_column(column)
+    for step in sorted(plan.steps, key=lambda s: (s.level, s.position)):
+        agent = spec.agents[step.agent]
+        policy = agent.retry
+        table.add_row(
+            str(step.level),
+            step.id,
+            step.agent,
+            ", ".join(step.deps),
+            step.when or "",
+            f"{agent.timeout:g}s",
+            f"{policy.max_attempts}× {policy.initial_delay:g}→{policy.max_delay:g}s "
+            f"{policy.jitter.value}",
+        )
+    console.print(table)
+    outputs = ", ".join(plan.outputs_from)
+    console.print(f"output from: {outputs}")
+
+
+def json_line(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,32 @@
+"""Envelopes: what a delegation returns across the canvas instead of raising.
+
+A chord's join must always run and see every branch, so a delegation that finally fails
+returns a failed envelope. Error type and message travel as strings: exceptions do not
+survive JSON faithfully. Outputs stay in the database to keep messages small.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from orchestration.store.models import StepRow
+
+
+class Envelope(TypedDict):
+    execution_id: str
+    step_id: str
+    status: str
+    attempts: int
+    error_type: str | None
+    error_message: str | None
+
+
+def envelope_of(row: StepRow) -> Envelope:
+    return Envelope(
+        execution_id=row.execution_id,
+        step_id=row.step_id,
+        status=row.status,
+        attempts=row.attempts,
+        error_type=row.error_type,
+        error_message=row.error_message or row.reason,
+    )

@@ -1,0 +1,72 @@
+"""One root exception with subtrees, so callers can catch as broadly as they mean to."""
+
+from __future__ import annotations
+
+
+class TroupeError(Exception):
+    """Root of every error Troupe raises on purpose."""
+
+
+# --- team files -------------------------------------------------------------------------
+
+
+class TeamFileError(TroupeError):
+    """A team file cannot be used. ``str()`` is one line naming file, field and problem."""
+
+    def __init__(self, source: str, field: str | None, problem: str) -> None:
+        self.source = source
+        self.field = field
+        self.problem = problem
+        where = f"{source}: {field}" if field else source
+        super().__init__(f"{where}: {problem}")
+
+
+# --- executions -------------------------------------------------------------------------
+
+
+class ExecutionError(TroupeError):
+    """Something about an execution as a whole."""
+
+
+class ExecutionNotFound(ExecutionError):
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        super().__init__(f"no execution with id {execution_id!r}")
+
+
+class WaitTimeout(ExecutionError):
+    def __init__(self, execution_id: str, seconds: float) -> None:
+        self.execution_id = execution_id
+        self.seconds = seconds
+        super().__init__(f"execution {execution_id} did not finish within {seconds:g}s")
+
+
+class NoWorkerError(ExecutionError):
+    """Distributed mode, and no worker answers on the broker."""
+
+
+# --- agents -----------------------------------------------------------------------------
+
+
+class AgentError(TroupeError):
+    """Raised by or about an agent call."""
+
+
+class PermanentAgentError(AgentError):
+    """Raise this from an agent to fail the step at once: retrying cannot help."""
+
+
+class TransientAgentError(AgentError):
+    """Raise this from an agent to ask for a retry under its policy."""
+
+
+class AttemptTimeout(AgentError):
+    """An attempt ran past its agent's time limit and was cut off."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"attempt exceeded its time limit of {seconds:g}s")
+
+
+class AgentLoadError(AgentError):
+    """An agent's target cannot be imported or is not callable."""

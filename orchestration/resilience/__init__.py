@@ -1,0 +1,1 @@
+"""Policies that keep delegations' promises: backoff, time limits (breakers come next)."""

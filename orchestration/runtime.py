@@ -1,0 +1,76 @@
+"""The process-wide runtime: settings, state store, Celery app, and in embedded mode the
+in-process worker. Created on first use so importing Troupe connects to nothing."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from orchestration.errors import NoWorkerError
+from orchestration.settings import Settings, get_settings
+from orchestration.store.database import ensure_schema
+from orchestration.store.repository import Store
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from workers.embedded import EmbeddedWorker
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    app: Celery
+    worker: EmbeddedWorker | None = None
+
+    def ensure_worker(self) -> None:
+        """Embedded: start the in-process worker. Distributed: check that one answers."""
+        if self.settings.embedded:
+            if self.worker is None:
+                from workers.embedded import EmbeddedWorker
+
+                self.worker = EmbeddedWorker(
+                    self.app, self.settings.queue, self.settings.worker_concurrency
+                )
+            self.worker.start()
+            return
+        if not self.workers_answering():
+            raise NoWorkerError(
+                f"no worker answers on {self.safe_broker_url()} (queue "
+                f"{self.settings.queue!r}); start one with `python manage.py worker`"
+            )
+
+    def workers_answering(self, timeout: float = 1.5) -> bool:
+        replies = self.app.control.ping(timeout=timeout, limit=1)
+        return bool(replies)
+
+    def safe_broker_url(self) -> str:
+        from kombu.utils.url import maybe_sanitize_url
+
+        return str(maybe_sanitize_url(self.settings.effective_broker_url))
+
+    def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            settings = get_settings()
+            url = settings.effective_database_url
+            # The embedded SQLite file is ours to create; a shared PostgreSQL is migrated
+            # by its operator (`manage.py db upgrade`).
+            ensure_schema(url, auto_upgrade=settings.embedded or url.startswith("sqlite"))
+            from workers.app import app
+
+            _runtime = Runtime(settings=settings, store=Store(url), app=app)
+        return _runtime

@@ -1,0 +1,69 @@
+"""One typed settings object, read from ``TROUPE_*`` environment variables.
+
+With no broker configured Troupe runs *embedded*: Celery's in-memory transport, a worker
+thread inside the calling process, and SQLite state under ``state_dir``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestration.constants import DEFAULT_QUEUE
+
+EMBEDDED_BROKER_URL = "memory://localhost/"
+EMBEDDED_RESULT_BACKEND = "cache+memory://"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TROUPE_", extra="ignore")
+
+    broker_url: str | None = Field(
+        default=None, description="Celery broker URL; unset means embedded mode."
+    )
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend; defaults to the broker when it is Redis."
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the state database; defaults to SQLite."
+    )
+    state_dir: Path = Field(default=Path(".troupe"))
+    queue: str = DEFAULT_QUEUE
+    # Above the longest agent time limit plus the longest backoff delay: a message held
+    # longer than this is redelivered while the first copy still runs.
+    visibility_timeout: float = 3600.0
+    heartbeat_interval: float = 30.0
+    worker_concurrency: int = 2
+    # Embedded mode polls the in-memory queue; kombu's default of 1 s makes every hop slow.
+    embedded_polling_interval: float = 0.01
+    poll_interval: float = 0.1
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or EMBEDDED_BROKER_URL
+
+    @property
+    def effective_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return EMBEDDED_RESULT_BACKEND
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'troupe.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

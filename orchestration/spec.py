@@ -1,0 +1,174 @@
+"""Team files as pydantic models: everything a team declares, validated before it runs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from workflows.conditions import ConditionSyntaxError, compile_condition, referenced_steps
+from workflows.graph import find_cycle
+
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+AGENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+class SpecProblem(ValueError):
+    """A cross-field problem that knows which field it is about."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class Strategy(StrEnum):
+    SEQUENTIAL = "sequential"
+    PARALLEL = "parallel"
+    PIPELINE = "pipeline"
+    CONDITIONAL = "conditional"
+    DAG = "dag"
+
+
+class Jitter(StrEnum):
+    NONE = "none"
+    FULL = "full"
+    EQUAL = "equal"
+    DECORRELATED = "decorrelated"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(_Model):
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    initial_delay: Annotated[float, Field(ge=0, le=3600)] = 0.5
+    backoff: Annotated[float, Field(ge=1.0, le=100)] = 2.0
+    max_delay: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    jitter: Jitter = Jitter.FULL
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> RetryPolicy:
+        if self.max_delay < self.initial_delay:
+            raise SpecProblem(
+                "max_delay",
+                f"{self.max_delay:g} is below initial_delay {self.initial_delay:g}",
+            )
+        return self
+
+    def largest_delay(self) -> float:
+        """The longest single wait this policy can schedule between attempts."""
+        if self.max_attempts <= 1:
+            return 0.0
+        growth = self.initial_delay * self.backoff ** (self.max_attempts - 2)
+        if self.jitter is Jitter.DECORRELATED:
+            return self.max_delay
+        return min(self.max_delay, growth)
+
+
+class AgentSpec(_Model):
+    kind: Literal["python"] = "python"
+    target: Annotated[str, Field(pattern=TARGET_PATTERN)]
+    description: str | None = None
+    timeout: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    retry: RetryPolicy = RetryPolicy()
+
+
+class StepSpec(_Model):
+    id: Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=100)]
+    agent: str
+    task: str | None = None
+    after: tuple[str, ...] = ()
+    when: str | None = None
+
+
+class WorkflowSpec(_Model):
+    strategy: Strategy
+    steps: Annotated[tuple[StepSpec, ...], Field(min_length=1)]
+
+    def dependencies(self) -> dict[str, tuple[str, ...]]:
+        """Each step's direct dependencies under this workflow's strategy."""
+        ids = [s.id for s in self.steps]
+        if self.strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE):
+            return {sid: ((ids[i - 1],) if i else ()) for i, sid in enumerate(ids)}
+        if self.strategy is Strategy.PARALLEL:
+            return {sid: () for sid in ids}
+        deps: dict[str, tuple[str, ...]] = {}
+        for step in self.steps:
+            # A step that reads another step's result in its condition must run after it.
+            implied = sorted(referenced_steps(step.when)) if step.when else []
+            deps[step.id] = tuple(dict.fromkeys([*step.after, *implied]))
+        return deps
+
+
+class TeamSpec(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    description: str | None = None
+    agents: Annotated[
+        dict[Annotated[str, Field(pattern=AGENT_NAME_PATTERN)], AgentSpec], Field(min_length=1)
+    ]
+    workflow: WorkflowSpec
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> TeamSpec:
+        steps = self.workflow.steps
+        strategy = self.workflow.strategy
+        seen: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            where = f"workflow.steps[{i}]"
+            if step.id in seen:
+                raise SpecProblem(
+                    f"{where}.id", f"duplicate step id {step.id!r} (also steps[{seen[step.id]}])"
+                )
+            seen[step.id] = i
+            if step.agent not in self.agents:
+                known = ", ".join(sorted(self.agents))
+                raise SpecProblem(
+                    f"{where}.agent", f"unknown agent {step.agent!r} (defined: {known})"
+                )
+            if step.after and strategy not in (Strategy.DAG, Strategy.CONDITIONAL):
+                raise SpecProblem(
+                    f"{where}.after",
+                    f"'after' needs strategy dag or conditional, not {strategy.value}",
+                )
+        for i, step in enumerate(steps):
+            where = f"workflow.steps[{i}]"
+            for target in step.after:
+                if target not in seen:
+                    raise SpecProblem(f"{where}.after", f"unknown step {target!r}")
+                if target == step.id:
+                    raise SpecProblem(f"{where}.after", f"step {step.id!r} depends on itself")
+            if step.when is not None:
+                self._check_condition(i, step, seen)
+        deps = self.workflow.dependencies()
+        cycle = find_cycle([s.id for s in steps], deps)
+        if cycle:
+            raise SpecProblem("workflow.steps", "dependency cycle: " + " -> ".join(cycle))
+        return self
+
+    def _check_condition(self, index: int, step: StepSpec, ids: dict[str, int]) -> None:
+        where = f"workflow.steps[{index}].when"
+        assert step.when is not None
+        try:
+            compile_condition(step.when)
+        except ConditionSyntaxError as exc:
+            raise SpecProblem(where, str(exc)) from None
+        strategy = self.workflow.strategy
+        for ref in sorted(referenced_steps(step.when)):
+            if ref not in ids:
+                raise SpecProblem(where, f"refers to unknown step {ref!r}")
+            if ref == step.id:
+                raise SpecProblem(where, "a step's condition cannot read its own result")
+            if strategy is Strategy.PARALLEL:
+                raise SpecProblem(
+                    where, f"parallel steps run at once, so step {ref!r} has no result yet"
+                )
+            if strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE) and ids[ref] > index:
+                raise SpecProblem(where, f"step {ref!r} runs later, so it has no result yet")
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.workflow.strategy

@@ -1,0 +1,1 @@
+"""State of executions, steps and attempts: the source of truth, in SQLAlchemy tables."""

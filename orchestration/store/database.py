@@ -1,0 +1,116 @@
+"""Engines and schema: one engine per URL per process, migrated by Alembic."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+
+from orchestration.errors import TroupeError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+class SchemaError(TroupeError):
+    """The database is unreachable or its schema is not at the current revision."""
+
+
+def get_engine(url: str) -> Engine:
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create(url)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Drop pooled connections, e.g. in a freshly forked worker process."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+
+
+def _create(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the CLI read progress while the embedded worker writes.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_schema(url: str) -> None:
+    from alembic import command
+
+    engine = get_engine(url)
+    with engine.begin() as connection:
+        config = _alembic_config(url)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def schema_is_current(url: str) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(_alembic_config(url)).get_heads())
+    with get_engine(url).connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return False
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    return current == heads
+
+
+def ensure_schema(url: str, *, auto_upgrade: bool) -> None:
+    """Embedded mode migrates by itself; distributed mode asks the operator to."""
+    try:
+        if schema_is_current(url):
+            return
+        if auto_upgrade:
+            upgrade_schema(url)
+            return
+    except SchemaError:
+        raise
+    except Exception as exc:
+        raise SchemaError(
+            f"cannot use the database at {_safe(url)}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        ) from None
+    raise SchemaError(
+        f"the database at {_safe(url)} has no current Troupe schema; "
+        "run `python manage.py db upgrade`"
+    )
+
+
+def _safe(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)

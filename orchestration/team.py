@@ -1,0 +1,64 @@
+"""A team: a validated spec you can enqueue with an input."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from orchestration.handle import ExecutionHandle
+from orchestration.report import ExecutionReport
+from orchestration.runtime import get_runtime
+from orchestration.settings import get_settings
+from orchestration.spec import TeamSpec
+from orchestration.team_file import load_team, parse_team
+from workflows.canvas import compile_canvas
+from workflows.plan import ExecutionPlan, build_plan
+
+
+class Team:
+    def __init__(self, spec: TeamSpec) -> None:
+        self.spec = spec
+        self.plan: ExecutionPlan = build_plan(spec)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Team:
+        return cls(load_team(path, visibility_timeout=_visibility_bound()))
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<team>") -> Team:
+        return cls(parse_team(text, source=source, visibility_timeout=_visibility_bound()))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def enqueue(self, input: Any = None, *, check_worker: bool = True) -> ExecutionHandle:
+        """Record the execution, then publish its canvas. Returns at once."""
+        runtime = get_runtime()
+        if check_worker:
+            runtime.ensure_worker()
+        execution_id = str(uuid.uuid4())
+        runtime.store.create_execution(
+            execution_id, self.spec.model_dump(mode="json"), self.plan, input
+        )
+        canvas = compile_canvas(self.plan, execution_id, runtime.settings.queue, runtime.app)
+        canvas.apply_async()
+        return ExecutionHandle(execution_id, runtime.store, runtime.settings.poll_interval)
+
+    def run(self, input: Any = None, timeout: float | None = None) -> ExecutionReport:
+        """Enqueue and wait for the result."""
+        return self.enqueue(input).wait(timeout)
+
+
+def execution(execution_id: str) -> ExecutionHandle:
+    """A handle on an execution started earlier, from any process."""
+    runtime = get_runtime()
+    runtime.store.execution_status(execution_id)  # raises ExecutionNotFound
+    return ExecutionHandle(execution_id, runtime.store, runtime.settings.poll_interval)
+
+
+def _visibility_bound() -> float | None:
+    settings = get_settings()
+    # The in-memory transport never redelivers, so only a real broker imposes the bound.
+    return None if settings.embedded else settings.visibility_timeout

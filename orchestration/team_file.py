@@ -1,0 +1,120 @@
+"""Read a team file: YAML → TeamSpec, with one clear line for anything wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from orchestration.agents.python_callable import load_target
+from orchestration.errors import AgentLoadError, TeamFileError
+from orchestration.spec import SpecProblem, TeamSpec
+
+
+def load_team(
+    path: str | Path, *, visibility_timeout: float | None = None, import_targets: bool = True
+) -> TeamSpec:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TeamFileError(source, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TeamFileError(source, None, f"cannot read: {exc}") from None
+    return parse_team(
+        text, source=source, visibility_timeout=visibility_timeout, import_targets=import_targets
+    )
+
+
+def parse_team(
+    text: str,
+    *,
+    source: str = "<team>",
+    visibility_timeout: float | None = None,
+    import_targets: bool = True,
+) -> TeamSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise TeamFileError(source, where, f"invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise TeamFileError(source, None, "expected a mapping with name, agents and workflow")
+    spec = validate_team_data(data, source)
+    if import_targets:
+        check_targets(spec, source)
+    if visibility_timeout is not None:
+        check_visibility_bound(spec, source, visibility_timeout)
+    return spec
+
+
+def validate_team_data(data: dict[str, Any], source: str) -> TeamSpec:
+    try:
+        return TeamSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        field, problem = _describe(errors[0], data)
+        if len(errors) > 1:
+            problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise TeamFileError(source, field, problem) from None
+
+
+def check_targets(spec: TeamSpec, source: str) -> None:
+    for name, agent in spec.agents.items():
+        try:
+            load_target(agent.target)
+        except AgentLoadError as exc:
+            raise TeamFileError(source, f"agents.{name}.target", str(exc)) from None
+
+
+def check_visibility_bound(spec: TeamSpec, source: str, visibility_timeout: float) -> None:
+    for name, agent in spec.agents.items():
+        longest = agent.timeout + agent.retry.largest_delay()
+        if longest > visibility_timeout:
+            raise TeamFileError(
+                source,
+                f"agents.{name}.timeout",
+                f"time limit {agent.timeout:g}s + largest retry delay "
+                f"{agent.retry.largest_delay():g}s exceeds the broker's visibility timeout "
+                f"({visibility_timeout:g}s); the message would be redelivered and run twice. "
+                "Lower them or raise TROUPE_VISIBILITY_TIMEOUT",
+            )
+
+
+def _describe(error: Any, data: dict[str, Any]) -> tuple[str | None, str]:
+    ctx = error.get("ctx") or {}
+    original = ctx.get("error")
+    prefix = _dotted(error["loc"], data)
+    if isinstance(original, SpecProblem):
+        field = f"{prefix}.{original.field}" if prefix else original.field
+        return field, original.problem
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    if error["type"] == "string_pattern_mismatch" and prefix.endswith(".target"):
+        message = "must look like package.module:function"
+    elif error["type"] == "string_pattern_mismatch" and ".steps[" in prefix:
+        message = "step ids must be identifiers (letters, digits, _), usable in conditions"
+    if error["type"] == "enum" or error["type"] == "literal_error":
+        message = f"{message} (got {error.get('input')!r})"
+    return prefix or None, message
+
+
+def _dotted(loc: tuple[Any, ...], data: Any) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("function-") or part in ("[key]",):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out

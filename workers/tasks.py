@@ -1,0 +1,87 @@
+"""Celery tasks: thin wrappers that turn delegation decisions into Celery actions."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+from celery.signals import worker_process_init
+
+from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK, JOIN_TASK
+from orchestration.envelope import Envelope
+from orchestration.settings import get_settings
+from orchestration.store.database import dispose_engines
+from orchestration.store.repository import Store
+from workers.app import app
+from workers.delegation import RetryLater, _context, run_delegation
+from workflows.outcome import StepRecord, decide_outcome
+
+log = logging.getLogger("troupe.worker")
+
+
+@lru_cache(maxsize=1)
+def store() -> Store:
+    return Store(get_settings().effective_database_url)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked pool child must not share its parent's database sockets.
+    dispose_engines()
+
+
+@app.task(name=DELEGATE_TASK, bind=True, max_retries=None, acks_late=True)
+def delegate(
+    self: Task, execution_id: str, step_id: str, previous_delay: float | None = None
+) -> Envelope:
+    attempt = self.request.retries + 1
+    decision = run_delegation(
+        store(),
+        execution_id,
+        step_id,
+        attempt,
+        task_id=self.request.id,
+        worker=self.request.hostname,
+        previous_delay=previous_delay,
+    )
+    if decision is None:
+        # Stale copy of an attempt whose retry is already queued: neither result nor
+        # chord counter may move, so tell Celery to forget this message.
+        raise Ignore()
+    if isinstance(decision, RetryLater):
+        raise self.retry(
+            countdown=decision.countdown,
+            kwargs={"previous_delay": decision.countdown},
+            max_retries=None,
+        )
+    return decision
+
+
+@app.task(name=JOIN_TASK)
+def join(envelopes: list[Envelope], execution_id: str, level: int) -> dict[str, Any]:
+    """A chord body: every branch of a level has reported (failed ones as envelopes)."""
+    statuses: dict[str, int] = {}
+    for envelope in envelopes:
+        statuses[envelope["status"]] = statuses.get(envelope["status"], 0) + 1
+    log.debug("execution %s level %d joined: %s", execution_id, level, statuses)
+    return {"execution_id": execution_id, "level": level, "statuses": statuses}
+
+
+@app.task(name=FINALIZE_TASK)
+def finalize(execution_id: str) -> dict[str, Any]:
+    state = store()
+    plan = _context(state, execution_id).plan
+    records = {
+        row.step_id: StepRecord(
+            status=row.status,
+            output=row.output,
+            error=f"{row.error_type}: {row.error_message}" if row.error_type else row.reason,
+        )
+        for row in state.steps(execution_id)
+    }
+    outcome = decide_outcome(plan, records)
+    state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
+    return {"execution_id": execution_id, "status": outcome.status}

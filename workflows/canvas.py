@@ -1,0 +1,49 @@
+"""ExecutionPlan → Celery canvas. Pure: builds signatures by task name, publishes nothing.
+
+Each level of the plan becomes one delegation (a single step) or a chord of delegations
+whose body is a join; a final task finalises the execution. Every signature is immutable
+(``si``) except the join, which receives the level's envelopes: state flows through the
+database, not through task results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import chain, chord, group, signature
+from celery.canvas import Signature
+
+from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK, JOIN_TASK
+from workflows.plan import ExecutionPlan, PlannedStep
+
+
+def delegation_signature(
+    execution_id: str, step: PlannedStep, queue: str, app: Any = None
+) -> Signature:
+    return signature(
+        DELEGATE_TASK,
+        args=(execution_id, step.id),
+        immutable=True,
+        app=app,
+        # Flower and the logs show the delegation under its agent's name.
+        options={"queue": queue, "shadow": f"agent:{step.agent}"},
+    )
+
+
+def compile_canvas(
+    plan: ExecutionPlan, execution_id: str, queue: str, app: Any = None
+) -> Signature:
+    parts: list[Signature] = []
+    for index, level in enumerate(plan.levels):
+        members = [delegation_signature(execution_id, plan.step(sid), queue, app) for sid in level]
+        if len(members) == 1:
+            parts.append(members[0])
+            continue
+        join = signature(JOIN_TASK, args=(execution_id, index), app=app, options={"queue": queue})
+        parts.append(chord(group(members, app=app), join, app=app))
+    parts.append(
+        signature(
+            FINALIZE_TASK, args=(execution_id,), immutable=True, app=app, options={"queue": queue}
+        )
+    )
+    return chain(*parts, app=app)

@@ -1,0 +1,84 @@
+"""TeamSpec → ExecutionPlan: who depends on whom, what each step sees, in which level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestration.spec import Strategy, TeamSpec
+from workflows.graph import ancestors, sinks, topological_levels
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    id: str
+    agent: str
+    task: str | None
+    when: str | None
+    position: int
+    level: int
+    deps: tuple[str, ...]
+    # Steps whose outputs this step may read: everything that certainly ran before it.
+    visible: tuple[str, ...]
+    # Pipeline: the step whose output becomes this step's input (None: the execution input).
+    input_from: str | None
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    team: str
+    strategy: Strategy
+    steps: tuple[PlannedStep, ...]
+    levels: tuple[tuple[str, ...], ...]
+    outputs_from: tuple[str, ...]
+
+    def step(self, step_id: str) -> PlannedStep:
+        return self._index()[step_id]
+
+    def _index(self) -> dict[str, PlannedStep]:
+        cached: dict[str, PlannedStep] | None = self.__dict__.get("_by_id")
+        if cached is None:
+            cached = {s.id: s for s in self.steps}
+            object.__setattr__(self, "_by_id", cached)
+        return cached
+
+
+def build_plan(spec: TeamSpec) -> ExecutionPlan:
+    workflow = spec.workflow
+    order = [s.id for s in workflow.steps]
+    deps = workflow.dependencies()
+    levels = topological_levels(order, deps)
+    level_of = {sid: i for i, level in enumerate(levels) for sid in level}
+    position = {sid: i for i, sid in enumerate(order)}
+    planned = []
+    for i, step in enumerate(workflow.steps):
+        seen = ancestors(step.id, deps)
+        planned.append(
+            PlannedStep(
+                id=step.id,
+                agent=step.agent,
+                task=step.task,
+                when=step.when,
+                position=i,
+                level=level_of[step.id],
+                deps=deps[step.id],
+                visible=tuple(sorted(seen, key=position.__getitem__)),
+                input_from=order[i - 1] if workflow.strategy is Strategy.PIPELINE and i else None,
+            )
+        )
+    return ExecutionPlan(
+        team=spec.name,
+        strategy=workflow.strategy,
+        steps=tuple(planned),
+        levels=levels,
+        outputs_from=_output_steps(workflow.strategy, order, deps),
+    )
+
+
+def _output_steps(
+    strategy: Strategy, order: list[str], deps: dict[str, tuple[str, ...]]
+) -> tuple[str, ...]:
+    if strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE):
+        return (order[-1],)
+    if strategy is Strategy.PARALLEL:
+        return tuple(order)
+    return sinks(order, deps)
