@@ -6,6 +6,7 @@ from typing import Final
 
 DEFAULT_QUEUE: Final = "troupe"
 
+START_TASK: Final = "troupe.start"
 DELEGATE_TASK: Final = "troupe.delegate"
 JOIN_TASK: Final = "troupe.join"
 FINALIZE_TASK: Final = "troupe.finalize"

@@ -6,13 +6,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from celery._state import _set_task_join_will_block, task_join_will_block
+
+from orchestration.constants import START_TASK
 from orchestration.handle import ExecutionHandle
 from orchestration.report import ExecutionReport
-from orchestration.runtime import get_runtime
+from orchestration.runtime import Runtime, get_runtime
 from orchestration.settings import get_settings
 from orchestration.spec import TeamSpec
 from orchestration.team_file import load_team, parse_team
-from workflows.canvas import compile_canvas
 from workflows.plan import ExecutionPlan, build_plan
 
 
@@ -42,13 +44,27 @@ class Team:
         runtime.store.create_execution(
             execution_id, self.spec.model_dump(mode="json"), self.plan, input
         )
-        canvas = compile_canvas(self.plan, execution_id, runtime.settings.queue, runtime.app)
-        canvas.apply_async()
+        publish_start(runtime, execution_id)
         return ExecutionHandle(execution_id, runtime.store, runtime.settings.poll_interval)
 
     def run(self, input: Any = None, timeout: float | None = None) -> ExecutionReport:
         """Enqueue and wait for the result."""
         return self.enqueue(input).wait(timeout)
+
+
+def publish_start(runtime: Runtime, execution_id: str) -> None:
+    """Send one small `start` message; a worker compiles and publishes the canvas.
+
+    The client then holds no chord state and needs no result subscriptions: status comes
+    from our tables, never from AsyncResult. Celery's Redis backend subscribes a publisher
+    to each task it sends unless it believes it is inside a worker, so say so.
+    """
+    before = task_join_will_block()
+    _set_task_join_will_block(True)
+    try:
+        runtime.app.send_task(START_TASK, args=(execution_id,), queue=runtime.settings.queue)
+    finally:
+        _set_task_join_will_block(before)
 
 
 def execution(execution_id: str) -> ExecutionHandle:

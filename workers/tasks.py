@@ -10,13 +10,14 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init
 
-from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK, JOIN_TASK
+from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK, JOIN_TASK, START_TASK
 from orchestration.envelope import Envelope
 from orchestration.settings import get_settings
 from orchestration.store.database import dispose_engines
 from orchestration.store.repository import Store
 from workers.app import app
 from workers.delegation import RetryLater, _context, run_delegation
+from workflows.canvas import compile_canvas
 from workflows.outcome import StepRecord, decide_outcome
 
 log = logging.getLogger("troupe.worker")
@@ -31,6 +32,14 @@ def store() -> Store:
 def _fresh_connections(**_: Any) -> None:
     # A forked pool child must not share its parent's database sockets.
     dispose_engines()
+
+
+@app.task(name=START_TASK)
+def start(execution_id: str) -> str:
+    """Compile the execution's canvas from its recorded plan and publish it."""
+    plan = _context(store(), execution_id).plan
+    compile_canvas(plan, execution_id, get_settings().queue, app).apply_async()
+    return execution_id
 
 
 @app.task(name=DELEGATE_TASK, bind=True, max_retries=None, acks_late=True)
