@@ -33,3 +33,8 @@ SKIP_UPSTREAM: Final = "upstream"
 OUTCOME_SUCCESS: Final = "success"
 OUTCOME_ERROR: Final = "error"
 OUTCOME_TIMEOUT: Final = "timeout"
+OUTCOME_REJECTED: Final = "rejected"  # breaker open: the agent was not called
+OUTCOME_LOST: Final = "lost"  # the worker died mid-attempt
+
+HEARTBEAT_TASK: Final = "troupe.heartbeat"
+REAP_TASK: Final = "troupe.reap"

@@ -57,15 +57,37 @@ class PermanentAgentError(AgentError):
 
 
 class TransientAgentError(AgentError):
-    """Raise this from an agent to ask for a retry under its policy."""
+    """Raise this from an agent to ask for a retry under its policy.
+
+    ``retry_after`` (seconds) is honoured as the shortest wait, like HTTP's Retry-After.
+    """
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class AttemptTimeout(AgentError):
     """An attempt ran past its agent's time limit and was cut off."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, message: str | None = None) -> None:
         self.seconds = seconds
-        super().__init__(f"attempt exceeded its time limit of {seconds:g}s")
+        super().__init__(message or f"attempt exceeded its time limit of {seconds:g}s")
+
+
+class HeartbeatTimeout(AttemptTimeout):
+    """A long-running agent stopped reporting progress (call.heartbeat)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds, f"agent sent no heartbeat for {seconds:g}s")
+
+
+class CircuitOpen(AgentError):
+    """The agent's breaker is open: the call was not made."""
+
+
+class DeadlineExceeded(AgentError):
+    """The step's deadline passed before it could succeed."""
 
 
 class AgentLoadError(AgentError):

@@ -35,11 +35,25 @@ class Settings(BaseSettings):
     # Above the longest agent time limit plus the longest backoff delay: a message held
     # longer than this is redelivered while the first copy still runs.
     visibility_timeout: float = 3600.0
-    heartbeat_interval: float = 30.0
+    heartbeat_interval: float = Field(default=30.0, gt=0)
+    # How often the reaper looks for lost work.
+    reap_interval: float = Field(default=30.0, gt=0)
+    # A running attempt renews its lease this often; one silent for 3 intervals is lost.
+    lease_interval: float = Field(default=5.0, gt=0)
+    # An unfinished execution with nothing running, waiting or queued for this long is
+    # resumed by the reaper (its messages were lost with a broker or a worker).
+    stall_timeout: float = Field(default=120.0, gt=0)
+    # kombu re-queues a dead worker's unacknowledged messages once they are older than
+    # the visibility timeout; scan for them this often (kombu's default is ~100 s).
+    unacked_restore_interval: float = Field(default=2.0, gt=0)
     worker_concurrency: int = 2
     # Embedded mode polls the in-memory queue; kombu's default of 1 s makes every hop slow.
     embedded_polling_interval: float = 0.01
     poll_interval: float = 0.1
+
+    @property
+    def lease_ttl(self) -> float:
+        return 3 * self.lease_interval
 
     @property
     def embedded(self) -> bool:

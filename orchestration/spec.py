@@ -49,6 +49,9 @@ class RetryPolicy(_Model):
     backoff: Annotated[float, Field(ge=1.0, le=100)] = 2.0
     max_delay: Annotated[float, Field(ge=0, le=86400)] = 30.0
     jitter: Jitter = Jitter.FULL
+    # Exception class names (plain or dotted) to retry or never retry, beyond the defaults.
+    retry_on: tuple[str, ...] = ()
+    no_retry_on: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> RetryPolicy:
@@ -63,10 +66,60 @@ class RetryPolicy(_Model):
         """The longest single wait this policy can schedule between attempts."""
         if self.max_attempts <= 1:
             return 0.0
-        growth = self.initial_delay * self.backoff ** (self.max_attempts - 2)
+        retries = self.max_attempts - 1
         if self.jitter is Jitter.DECORRELATED:
-            return self.max_delay
-        return min(self.max_delay, growth)
+            # Each decorrelated wait is at most three times the previous one.
+            return min(self.max_delay, self.initial_delay * 3.0**retries)
+        return min(self.max_delay, self.initial_delay * self.backoff ** (retries - 1))
+
+
+class WhenOpen(StrEnum):
+    """What a delegation does when its agent's breaker is open."""
+
+    FAIL = "fail"
+    WAIT = "wait"
+    FALLBACK = "fallback"
+
+
+class BreakerPolicy(_Model):
+    """resilience4j-style: consecutive failures, or a failure rate over a sliding window."""
+
+    failure_threshold: Annotated[int, Field(ge=0, le=10_000)] = 5
+    window: Annotated[int, Field(ge=1, le=1000)] = 20
+    failure_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+    min_calls: Annotated[int, Field(ge=1, le=1000)] = 10
+    slow_call_seconds: Annotated[float, Field(gt=0)] | None = None
+    reset_timeout: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    half_open_max_calls: Annotated[int, Field(ge=1, le=1000)] = 1
+    when_open: WhenOpen | None = None
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> BreakerPolicy:
+        if self.failure_threshold == 0 and self.failure_rate is None:
+            raise SpecProblem(
+                "failure_threshold", "0 disables the consecutive rule; set failure_rate instead"
+            )
+        if self.failure_rate is not None and self.min_calls > self.window:
+            raise SpecProblem(
+                "min_calls", f"{self.min_calls} exceeds the window of {self.window} calls"
+            )
+        return self
+
+
+class HealthCheck(_Model):
+    """How the beat heartbeat probes an agent: a callable, or an HTTP GET."""
+
+    target: Annotated[str, Field(pattern=TARGET_PATTERN)] | None = None
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # Consecutive failed probes that open the agent's breaker.
+    failures_to_open: Annotated[int, Field(ge=1, le=100)] = 3
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> HealthCheck:
+        if (self.target is None) == (self.url is None):
+            raise SpecProblem("target", "give exactly one of target (a callable) or url")
+        return self
 
 
 class AgentSpec(_Model):
@@ -75,6 +128,17 @@ class AgentSpec(_Model):
     description: str | None = None
     timeout: Annotated[float, Field(gt=0, le=86400)] = 60.0
     retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+    fallback: str | None = None
+    health: HealthCheck | None = None
+    # A long-running agent that reports progress (call.heartbeat) must do so this often.
+    heartbeat_timeout: Annotated[float, Field(gt=0)] | None = None
+
+    @property
+    def when_open(self) -> WhenOpen:
+        if self.breaker.when_open is not None:
+            return self.breaker.when_open
+        return WhenOpen.FALLBACK if self.fallback else WhenOpen.FAIL
 
 
 class StepSpec(_Model):
@@ -83,6 +147,9 @@ class StepSpec(_Model):
     task: str | None = None
     after: tuple[str, ...] = ()
     when: str | None = None
+    # Bounds all attempts and waits of this step together, from its first start.
+    deadline: Annotated[float, Field(gt=0)] | None = None
+    heartbeat_timeout: Annotated[float, Field(gt=0)] | None = None
 
 
 class WorkflowSpec(_Model):
@@ -114,6 +181,7 @@ class TeamSpec(_Model):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> TeamSpec:
+        self._check_fallbacks()
         steps = self.workflow.steps
         strategy = self.workflow.strategy
         seen: dict[str, int] = {}
@@ -148,6 +216,19 @@ class TeamSpec(_Model):
         if cycle:
             raise SpecProblem("workflow.steps", "dependency cycle: " + " -> ".join(cycle))
         return self
+
+    def _check_fallbacks(self) -> None:
+        for name, agent in self.agents.items():
+            where = f"agents.{name}"
+            if agent.fallback is not None:
+                if agent.fallback not in self.agents:
+                    raise SpecProblem(f"{where}.fallback", f"unknown agent {agent.fallback!r}")
+                if agent.fallback == name:
+                    raise SpecProblem(f"{where}.fallback", "an agent cannot be its own fallback")
+            if agent.breaker.when_open is WhenOpen.FALLBACK and agent.fallback is None:
+                raise SpecProblem(
+                    f"{where}.breaker.when_open", "'fallback' needs the agent's fallback set"
+                )
 
     def _check_condition(self, index: int, step: StepSpec, ids: dict[str, int]) -> None:
         where = f"workflow.steps[{index}].when"

@@ -56,7 +56,7 @@ def validate_team_data(data: dict[str, Any], source: str) -> TeamSpec:
     try:
         return TeamSpec.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
+        errors = _independent(exc.errors(include_url=False))
         field, problem = _describe(errors[0], data)
         if len(errors) > 1:
             problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
@@ -65,10 +65,14 @@ def validate_team_data(data: dict[str, Any], source: str) -> TeamSpec:
 
 def check_targets(spec: TeamSpec, source: str) -> None:
     for name, agent in spec.agents.items():
-        try:
-            load_target(agent.target)
-        except AgentLoadError as exc:
-            raise TeamFileError(source, f"agents.{name}.target", str(exc)) from None
+        targets = [("target", agent.target)]
+        if agent.health is not None and agent.health.target is not None:
+            targets.append(("health.target", agent.health.target))
+        for field, target in targets:
+            try:
+                load_target(target)
+            except AgentLoadError as exc:
+                raise TeamFileError(source, f"agents.{name}.{field}", str(exc)) from None
 
 
 def check_visibility_bound(spec: TeamSpec, source: str, visibility_timeout: float) -> None:
@@ -83,6 +87,13 @@ def check_visibility_bound(spec: TeamSpec, source: str, visibility_timeout: floa
                 f"({visibility_timeout:g}s); the message would be redelivered and run twice. "
                 "Lower them or raise TROUPE_VISIBILITY_TIMEOUT",
             )
+
+
+def _independent(errors: list[Any]) -> list[Any]:
+    """Drop errors that only echo another one (a list that is "too short" because its one
+    item failed), so "(and N more problems)" counts real problems."""
+    real = [e for e in errors if e["type"] != "too_short"]
+    return real or errors
 
 
 def _describe(error: Any, data: dict[str, Any]) -> tuple[str | None, str]:

@@ -1,7 +1,9 @@
-"""One delegation: decide whether the step runs, call its agent, record what happened.
+"""One delegation: decide whether the step runs, pass the breaker, call the agent under its
+limits, record what happened.
 
 Kept free of Celery so it reads as the semantics it implements; ``workers.tasks`` turns a
-``RetryLater`` into ``self.retry(countdown=...)``.
+``RetryLater`` into ``self.retry(countdown=...)``. At-least-once delivery, exactly-once
+recording: every message names its attempt, and an attempt is recorded once.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -19,18 +21,19 @@ from orchestration.constants import (
     CANCELLED,
     COMPLETED,
     FAILED,
-    OUTCOME_ERROR,
-    OUTCOME_TIMEOUT,
+    PENDING,
     SKIP_CONDITION,
     SKIP_UPSTREAM,
     SKIPPED,
     STEP_FINAL,
 )
 from orchestration.envelope import Envelope, envelope_of
-from orchestration.errors import AgentLoadError, AttemptTimeout, PermanentAgentError
 from orchestration.resilience.backoff import next_delay
-from orchestration.resilience.time_limit import call_with_time_limit
-from orchestration.spec import TeamSpec
+from orchestration.resilience.breaker import is_failure
+from orchestration.resilience.classify import Failure, classify
+from orchestration.resilience.time_limit import HeartbeatMonitor, call_with_time_limit
+from orchestration.spec import AgentSpec, StepSpec, TeamSpec, WhenOpen
+from orchestration.store.breakers import Admission, BreakerStore, aware
 from orchestration.store.models import StepRow
 from orchestration.store.repository import AttemptError, Store, now
 from workflows.conditions import compile_condition
@@ -40,6 +43,8 @@ from workflows.plan import ExecutionPlan, PlannedStep, build_plan
 @dataclass(frozen=True)
 class RetryLater:
     countdown: float
+    attempt: int
+    previous_delay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,95 +52,312 @@ class ExecutionContext:
     spec: TeamSpec
     plan: ExecutionPlan
     input: Any
+    steps: dict[str, StepSpec]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the message said and who received it."""
+
+    execution_id: str
+    step_id: str
+    attempt: int
+    task_id: str | None = None
+    worker: str | None = None
+    previous_delay: float | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    lease_interval: float = 5.0
+
+    @property
+    def lease_ttl(self) -> float:
+        return 3 * self.lease_interval
 
 
 @lru_cache(maxsize=256)
-def _context(store: Store, execution_id: str) -> ExecutionContext:
+def load_context(store: Store, execution_id: str) -> ExecutionContext:
     # An execution's spec never changes, so a worker plans it once.
     row = store.execution(execution_id)
     spec = TeamSpec.model_validate(row.spec)
-    return ExecutionContext(spec=spec, plan=build_plan(spec), input=row.input)
-
-
-def run_delegation(
-    store: Store,
-    execution_id: str,
-    step_id: str,
-    attempt: int,
-    *,
-    task_id: str | None = None,
-    worker: str | None = None,
-    previous_delay: float | None = None,
-) -> Envelope | RetryLater | None:
-    """Returns the step's envelope, a retry request, or None for a stale redelivery."""
-    context = _context(store, execution_id)
-    step = context.plan.step(step_id)
-    rows = store.steps_by_id(execution_id, (step_id, *step.visible))
-    row = rows[step_id]
-    if row.status in STEP_FINAL:
-        # A redelivered message for a step already done: return what was recorded.
-        return envelope_of(row)
-    if store.execution_status(execution_id) == CANCELLED:
-        return _finish_without_call(store, row, CANCELLED, None, "execution cancelled")
-
-    blocked_by = _failed_dependency(step, rows)
-    if blocked_by:
-        return _finish_without_call(
-            store, row, SKIPPED, SKIP_UPSTREAM, f"upstream step {blocked_by!r} did not complete"
-        )
-    if step.when:
-        outcome = compile_condition(step.when).evaluate(
-            context.input, {sid: _condition_view(rows[sid]) for sid in step.visible}
-        )
-        if not outcome.value:
-            return _finish_without_call(store, row, SKIPPED, SKIP_CONDITION, outcome.reason)
-
-    if not store.begin_attempt(execution_id, step_id, step.agent, attempt, task_id, worker):
-        recorded = store.attempt_row(execution_id, step_id, attempt)
-        if recorded is not None and recorded.outcome is not None:
-            # This attempt already ran to an end and its retry is queued separately.
-            return None
-        # The attempt started on a worker that died before recording an end: run it again.
-    return _call_agent(store, context, step, rows, attempt, previous_delay)
-
-
-def _call_agent(
-    store: Store,
-    context: ExecutionContext,
-    step: PlannedStep,
-    rows: dict[str, StepRow],
-    attempt: int,
-    previous_delay: float | None,
-) -> Envelope | RetryLater:
-    agent = context.spec.agents[step.agent]
-    execution_id = rows[step.id].execution_id
-    call = AgentCall(
-        execution_id=execution_id,
-        step_id=step.id,
-        agent=step.agent,
-        task=step.task,
-        input=_step_input(context, step, rows),
-        outputs={sid: rows[sid].output for sid in step.visible if rows[sid].status == COMPLETED},
-        attempt=attempt,
+    return ExecutionContext(
+        spec=spec,
+        plan=build_plan(spec),
+        input=row.input,
+        steps={s.id: s for s in spec.workflow.steps},
     )
-    started = time.perf_counter()
-    try:
-        adapter = build_adapter(agent)
-        result = call_with_time_limit(lambda: adapter.invoke(call), agent.timeout)
-    except Exception as exc:  # every agent failure is classified and recorded, never lost
-        elapsed = _ms_since(started)
-        error = _classify(exc)
-        permanent = isinstance(exc, PermanentAgentError | AgentLoadError)
-        if permanent or attempt >= agent.retry.max_attempts:
-            store.record_failure(execution_id, step.id, attempt, elapsed, error)
-            return envelope_of(store.steps_by_id(execution_id, [step.id])[step.id])
-        delay = next_delay(agent.retry, attempt, previous_delay, random.Random())
-        store.record_retry(
-            execution_id, step.id, attempt, elapsed, error, now() + timedelta(seconds=delay)
+
+
+class Delegation:
+    def __init__(self, store: Store, breakers: BreakerStore, limits: Limits) -> None:
+        self.store = store
+        self.breakers = breakers
+        self.limits = limits
+
+    def run(self, delivery: Delivery) -> Envelope | RetryLater | None:
+        """The step's envelope, a retry request, or None for a stale duplicate message."""
+        store = self.store
+        context = load_context(store, delivery.execution_id)
+        step = context.plan.step(delivery.step_id)
+        rows = store.steps_by_id(delivery.execution_id, (step.id, *step.visible))
+        row = rows[step.id]
+        if row.status in STEP_FINAL:
+            # A redelivered message for a step already done: return what was recorded.
+            return envelope_of(row)
+        if store.execution_status(delivery.execution_id) == CANCELLED:
+            return self._without_call(row, CANCELLED, None, "execution cancelled")
+        if row.status == PENDING:
+            blocked_by = _failed_dependency(step, rows)
+            if blocked_by:
+                reason = f"upstream step {blocked_by!r} did not complete"
+                return self._without_call(row, SKIPPED, SKIP_UPSTREAM, reason)
+            if step.when:
+                outcome = compile_condition(step.when).evaluate(
+                    context.input, {sid: _condition_view(rows[sid]) for sid in step.visible}
+                )
+                if not outcome.value:
+                    return self._without_call(row, SKIPPED, SKIP_CONDITION, outcome.reason)
+
+        attempt = delivery.attempt
+        recorded = store.attempt_row(delivery.execution_id, step.id, attempt)
+        if recorded is not None:
+            if recorded.outcome is not None:
+                return None  # this attempt ended; its successor was queued separately
+            lease_age = now() - (aware(recorded.heartbeat_at or recorded.started_at) or now())
+            remaining = self.limits.lease_ttl - lease_age.total_seconds()
+            if remaining > 0:
+                # Maybe still running elsewhere: look again when its lease would expire.
+                return RetryLater(remaining + 0.1, attempt, delivery.previous_delay)
+            store.mark_attempt_lost(delivery.execution_id, step.id, attempt)
+            attempt = max(attempt, row.attempts) + 1
+
+        spec_step = context.steps[step.id]
+        deadline = _deadline(row, spec_step)
+        if deadline is not None and now() >= deadline:
+            return self._fail(row, attempt, delivery, _deadline_error(spec_step))
+
+        agent_name = step.agent
+        agent = context.spec.agents[agent_name]
+        admission = self.breakers.admit(agent_name, agent.breaker)
+        if not admission.allowed:
+            routed = self._when_open(
+                context, row, agent_name, agent, admission, delivery, attempt, deadline
+            )
+            if not isinstance(routed, tuple):
+                return routed
+            agent_name, agent, admission = routed
+
+        if not store.begin_attempt(
+            delivery.execution_id,
+            step.id,
+            agent_name,
+            attempt,
+            delivery.task_id,
+            delivery.worker,
+        ):
+            # Another copy of this message started the same attempt a moment ago.
+            return RetryLater(self.limits.lease_ttl, attempt, delivery.previous_delay)
+        return self._call(
+            context,
+            step,
+            spec_step,
+            rows,
+            agent_name,
+            agent,
+            admission,
+            attempt,
+            delivery,
+            deadline,
         )
-        return RetryLater(countdown=delay)
-    store.record_success(execution_id, step.id, attempt, result.output, _ms_since(started))
-    return envelope_of(store.steps_by_id(execution_id, [step.id])[step.id])
+
+    # --- the call ---------------------------------------------------------------------
+
+    def _call(
+        self,
+        context: ExecutionContext,
+        step: PlannedStep,
+        spec_step: StepSpec,
+        rows: dict[str, StepRow],
+        agent_name: str,
+        agent: AgentSpec,
+        admission: Admission,
+        attempt: int,
+        delivery: Delivery,
+        deadline: datetime | None,
+    ) -> Envelope | RetryLater:
+        store = self.store
+        execution_id = delivery.execution_id
+        monitor = HeartbeatMonitor()
+        call = AgentCall(
+            execution_id=execution_id,
+            step_id=step.id,
+            agent=agent_name,
+            task=step.task,
+            input=_step_input(context, step, rows),
+            outputs={s: rows[s].output for s in step.visible if rows[s].status == COMPLETED},
+            attempt=attempt,
+            _heartbeat=monitor.beat,
+        )
+        limit = agent.timeout
+        if deadline is not None:
+            limit = max(0.001, min(limit, (deadline - now()).total_seconds()))
+        started = time.perf_counter()
+        try:
+            adapter = build_adapter(agent)
+            result = call_with_time_limit(
+                lambda: adapter.invoke(call),
+                limit,
+                heartbeat_timeout=spec_step.heartbeat_timeout or agent.heartbeat_timeout,
+                monitor=monitor,
+                renew_lease=lambda details: store.renew_lease(
+                    execution_id, step.id, attempt, details
+                ),
+                lease_interval=self.limits.lease_interval,
+            )
+        except Exception as exc:  # every agent failure is classified and recorded
+            seconds = time.perf_counter() - started
+            failure = classify(exc, agent.retry)
+            self.breakers.record_call(
+                agent_name,
+                agent.breaker,
+                failed=is_failure(agent.breaker, failure.breaker_failure, seconds),
+                trial=admission.trial,
+                error=f"{failure.type}: {failure.message}",
+            )
+            return self._after_failure(
+                rows[step.id],
+                agent,
+                spec_step,
+                attempt,
+                delivery,
+                failure,
+                int(seconds * 1000),
+                deadline,
+            )
+        seconds = time.perf_counter() - started
+        self.breakers.record_call(
+            agent_name,
+            agent.breaker,
+            failed=is_failure(agent.breaker, False, seconds),
+            trial=admission.trial,
+        )
+        store.record_success(execution_id, step.id, attempt, result.output, int(seconds * 1000))
+        return self._envelope(execution_id, step.id)
+
+    def _after_failure(
+        self,
+        row: StepRow,
+        agent: AgentSpec,
+        spec_step: StepSpec,
+        attempt: int,
+        delivery: Delivery,
+        failure: Failure,
+        elapsed_ms: int,
+        deadline: datetime | None,
+    ) -> Envelope | RetryLater:
+        store = self.store
+        error = AttemptError(type=failure.type, message=failure.message, outcome=failure.outcome)
+        # Attempts lost with a dead worker do not use up the retry budget.
+        budget = agent.retry.max_attempts + store.lost_attempts(row.execution_id, row.step_id)
+        if failure.transient and attempt < budget:
+            delay = next_delay(agent.retry, attempt, delivery.previous_delay, random.Random())
+            if failure.retry_after is not None:
+                delay = max(delay, failure.retry_after)
+            retry_at = now() + timedelta(seconds=delay)
+            if deadline is None or retry_at < deadline:
+                store.record_retry(
+                    row.execution_id, row.step_id, attempt, elapsed_ms, error, retry_at
+                )
+                return RetryLater(delay, attempt + 1, delay)
+            error = AttemptError(
+                type=failure.type,
+                message=f"{failure.message} (no retry: step deadline of "
+                f"{spec_step.deadline:g}s would pass)",
+                outcome=failure.outcome,
+            )
+        store.record_failure(row.execution_id, row.step_id, attempt, elapsed_ms, error)
+        return self._envelope(row.execution_id, row.step_id)
+
+    # --- breaker open -----------------------------------------------------------------
+
+    def _when_open(
+        self,
+        context: ExecutionContext,
+        row: StepRow,
+        agent_name: str,
+        agent: AgentSpec,
+        admission: Admission,
+        delivery: Delivery,
+        attempt: int,
+        deadline: datetime | None,
+    ) -> Envelope | RetryLater | tuple[str, AgentSpec, Admission]:
+        mode = agent.when_open
+        reason = admission.reason or f"circuit open for agent {agent_name!r}"
+        if mode is WhenOpen.FALLBACK and agent.fallback is not None:
+            fallback = context.spec.agents[agent.fallback]
+            second = self.breakers.admit(agent.fallback, fallback.breaker)
+            if second.allowed:
+                return agent.fallback, fallback, second
+            reason = f"{reason}; fallback {agent.fallback!r}: {second.reason}"
+        elif mode is WhenOpen.WAIT and admission.retry_at is not None:
+            wait_until = admission.retry_at + timedelta(seconds=random.uniform(0, 0.05))
+            if deadline is None or wait_until < deadline:
+                self.store.record_waiting(
+                    row.execution_id, row.step_id, wait_until, f"{reason}; waiting"
+                )
+                countdown = max(0.0, (wait_until - now()).total_seconds())
+                return RetryLater(countdown, attempt, delivery.previous_delay)
+            reason = f"{reason}, past the step's deadline"
+        error = AttemptError(type="CircuitOpen", message=reason, outcome="rejected")
+        self.store.record_rejection(
+            row.execution_id,
+            row.step_id,
+            agent_name,
+            attempt,
+            error,
+            delivery.task_id,
+            delivery.worker,
+        )
+        return self._envelope(row.execution_id, row.step_id)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _fail(
+        self, row: StepRow, attempt: int, delivery: Delivery, error: AttemptError
+    ) -> Envelope:
+        self.store.record_rejection(
+            row.execution_id,
+            row.step_id,
+            row.agent,
+            attempt,
+            error,
+            delivery.task_id,
+            delivery.worker,
+        )
+        return self._envelope(row.execution_id, row.step_id)
+
+    def _without_call(self, row: StepRow, status: str, cause: str | None, reason: str) -> Envelope:
+        self.store.finish_step_without_call(row.execution_id, row.step_id, status, cause, reason)
+        return self._envelope(row.execution_id, row.step_id)
+
+    def _envelope(self, execution_id: str, step_id: str) -> Envelope:
+        return envelope_of(self.store.steps_by_id(execution_id, [step_id])[step_id])
+
+
+def _deadline(row: StepRow, spec_step: StepSpec) -> datetime | None:
+    if spec_step.deadline is None:
+        return None
+    started = aware(row.started_at) or now()
+    return started + timedelta(seconds=spec_step.deadline)
+
+
+def _deadline_error(spec_step: StepSpec) -> AttemptError:
+    return AttemptError(
+        type="DeadlineExceeded",
+        message=f"step deadline of {spec_step.deadline:g}s passed",
+        outcome="rejected",
+    )
 
 
 def _step_input(context: ExecutionContext, step: PlannedStep, rows: dict[str, StepRow]) -> Any:
@@ -167,20 +389,3 @@ def _condition_view(row: StepRow) -> dict[str, Any]:
     if row.status == COMPLETED:
         view["output"] = row.output
     return view
-
-
-def _finish_without_call(
-    store: Store, row: StepRow, status: str, cause: str | None, reason: str
-) -> Envelope:
-    store.finish_step_without_call(row.execution_id, row.step_id, status, cause, reason)
-    return envelope_of(store.steps_by_id(row.execution_id, [row.step_id])[row.step_id])
-
-
-def _classify(exc: BaseException) -> AttemptError:
-    outcome = OUTCOME_TIMEOUT if isinstance(exc, AttemptTimeout) else OUTCOME_ERROR
-    message = str(exc).strip() or type(exc).__name__
-    return AttemptError(type=type(exc).__name__, message=message[:2000], outcome=outcome)
-
-
-def _ms_since(started: float) -> int:
-    return int((time.perf_counter() - started) * 1000)

@@ -13,10 +13,11 @@ from celery.signals import worker_process_init
 from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK, JOIN_TASK, START_TASK
 from orchestration.envelope import Envelope
 from orchestration.settings import get_settings
+from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import dispose_engines
 from orchestration.store.repository import Store
 from workers.app import app
-from workers.delegation import RetryLater, _context, run_delegation
+from workers.delegation import Delegation, Delivery, Limits, RetryLater, load_context
 from workflows.canvas import compile_canvas
 from workflows.outcome import StepRecord, decide_outcome
 
@@ -28,6 +29,12 @@ def store() -> Store:
     return Store(get_settings().effective_database_url)
 
 
+@lru_cache(maxsize=1)
+def delegation() -> Delegation:
+    state = store()
+    return Delegation(state, BreakerStore(state), Limits(get_settings().lease_interval))
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # A forked pool child must not share its parent's database sockets.
@@ -37,24 +44,28 @@ def _fresh_connections(**_: Any) -> None:
 @app.task(name=START_TASK)
 def start(execution_id: str) -> str:
     """Compile the execution's canvas from its recorded plan and publish it."""
-    plan = _context(store(), execution_id).plan
+    plan = load_context(store(), execution_id).plan
     compile_canvas(plan, execution_id, get_settings().queue, app).apply_async()
     return execution_id
 
 
 @app.task(name=DELEGATE_TASK, bind=True, max_retries=None, acks_late=True)
 def delegate(
-    self: Task, execution_id: str, step_id: str, previous_delay: float | None = None
+    self: Task,
+    execution_id: str,
+    step_id: str,
+    attempt: int = 1,
+    previous_delay: float | None = None,
 ) -> Envelope:
-    attempt = self.request.retries + 1
-    decision = run_delegation(
-        store(),
-        execution_id,
-        step_id,
-        attempt,
-        task_id=self.request.id,
-        worker=self.request.hostname,
-        previous_delay=previous_delay,
+    decision = delegation().run(
+        Delivery(
+            execution_id=execution_id,
+            step_id=step_id,
+            attempt=attempt,
+            task_id=self.request.id,
+            worker=self.request.hostname,
+            previous_delay=previous_delay,
+        )
     )
     if decision is None:
         # Stale copy of an attempt whose retry is already queued: neither result nor
@@ -63,7 +74,7 @@ def delegate(
     if isinstance(decision, RetryLater):
         raise self.retry(
             countdown=decision.countdown,
-            kwargs={"previous_delay": decision.countdown},
+            kwargs={"attempt": decision.attempt, "previous_delay": decision.previous_delay},
             max_retries=None,
         )
     return decision
@@ -82,7 +93,7 @@ def join(envelopes: list[Envelope], execution_id: str, level: int) -> dict[str, 
 @app.task(name=FINALIZE_TASK)
 def finalize(execution_id: str) -> dict[str, Any]:
     state = store()
-    plan = _context(state, execution_id).plan
+    plan = load_context(state, execution_id).plan
     records = {
         row.step_id: StepRecord(
             status=row.status,

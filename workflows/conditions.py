@@ -18,7 +18,8 @@ from celpy.celparser import CELParseError
 from celpy.celtypes import BoolType
 from celpy.evaluation import CELEvalError
 
-_STEP_REFERENCE = re.compile(r"\bsteps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+# `steps` as a root name only: `input.steps.x` is a field of the input, not a step.
+_STEP_REFERENCE = re.compile(r"(?<![\w.])(?<!\.\s)steps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 
 
@@ -64,8 +65,12 @@ def compile_condition(expression: str) -> Condition:
     try:
         ast = environment.compile(expression)
     except CELParseError as exc:
+        line, column = _error_position(expression, exc)
+        where = (
+            f"line {line}, column {column}" if "\n" in expression.strip() else f"column {column}"
+        )
         raise ConditionSyntaxError(
-            f"malformed expression `{expression}` (syntax error at column {_caret_column(exc)})"
+            f"malformed expression `{_one_line(expression)}` (syntax error at {where})"
         ) from None
     return Condition(expression, environment.program(ast))
 
@@ -82,10 +87,17 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _caret_column(exc: BaseException) -> int:
-    """cel-python marks the error position with a caret under the expression."""
-    lines = str(exc.args[0] if exc.args else exc).splitlines()
-    for line in lines[1:]:
+def _one_line(expression: str) -> str:
+    return " ".join(expression.split())
+
+
+def _error_position(expression: str, exc: BaseException) -> tuple[int, int]:
+    """cel-python prints the offending source line with a caret under the error."""
+    text = str(exc.args[0] if exc.args else exc).splitlines()
+    for i, line in enumerate(text[1:], start=1):
         if line.strip() == "^":
-            return line.index("^") + 1
-    return 1
+            source = text[i - 1]
+            lines = expression.splitlines() or [expression]
+            number = next((n for n, s in enumerate(lines, 1) if s == source), 1)
+            return number, line.index("^") + 1
+    return 1, 1

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def _no_heartbeat(details: Any = None) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,14 @@ class AgentCall:
     input: Any
     outputs: Mapping[str, Any]
     attempt: int
+    _heartbeat: Callable[[Any], None] = field(default=_no_heartbeat, repr=False, compare=False)
+
+    def heartbeat(self, details: Any = None) -> None:
+        """Report progress from a long-running agent (JSON details, optional).
+
+        Keeps a step with ``heartbeat_timeout`` alive and renews the attempt's lease.
+        """
+        self._heartbeat(details)
 
 
 @dataclass(frozen=True)

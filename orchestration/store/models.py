@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -82,3 +92,49 @@ class AttemptRow(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     error_type: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The lease: renewed while the agent runs, so a redelivered message can tell a
+    # running attempt from one whose worker died.
+    heartbeat_at: Mapped[datetime | None]
+    progress: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+
+class BreakerRow(Base):
+    """One circuit breaker, shared by every worker. Changed only by compare-and-set."""
+
+    __tablename__ = "troupe_breakers"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The sliding window, oldest first: "1" a failure, "0" a success.
+    outcomes: Mapped[str] = mapped_column(String(1000), default="")
+    opened_at: Mapped[datetime | None]
+    next_trial_at: Mapped[datetime | None]
+    half_open_calls: Mapped[int] = mapped_column(Integer, default=0)
+    probe_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
+
+
+class AgentRow(Base):
+    """Agents seen in enqueued teams: what the beat heartbeat probes."""
+
+    __tablename__ = "troupe_agents"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    team: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime]
+
+
+class HeartbeatRow(Base):
+    __tablename__ = "troupe_heartbeats"
+    __table_args__ = (Index("ix_troupe_heartbeats_agent_at", "agent", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime]
+    healthy: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)

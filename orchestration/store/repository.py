@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import (
@@ -26,6 +26,8 @@ from orchestration.constants import (
     COMPLETED,
     EXECUTION_FINAL,
     FAILED,
+    OUTCOME_LOST,
+    OUTCOME_REJECTED,
     OUTCOME_SUCCESS,
     PENDING,
     RETRYING,
@@ -35,11 +37,18 @@ from orchestration.constants import (
 )
 from orchestration.errors import ExecutionNotFound
 from orchestration.store.database import get_engine
-from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
+from orchestration.store.models import AgentRow, AttemptRow, ExecutionRow, HeartbeatRow, StepRow
 from workflows.plan import ExecutionPlan
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def plain_update(model: type[Any]) -> Any:
+    """An UPDATE that leaves objects in the session alone: our writes are conditional
+    (compare-and-set), so Python-side evaluation of the criteria would be both wasted
+    work and wrong for SQLite's naive datetimes."""
+    return update(model).execution_options(synchronize_session=False)
 
 
 def now() -> datetime:
@@ -57,7 +66,7 @@ def _is_transient(exc: BaseException) -> bool:
 def _retrying(fn: Callable[P, R]) -> Callable[P, R]:
     return retry(
         retry=retry_if_exception(_is_transient),
-        wait=wait_exponential_jitter(initial=0.05, max=2.0),
+        wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
         stop=stop_after_delay(120),
         reraise=True,
     )(fn)
@@ -172,7 +181,7 @@ class Store:
         """Record the final status once; a later call (a redelivered finalize) changes nothing."""
         with self.session() as session, session.begin():
             result = session.execute(
-                update(ExecutionRow)
+                plain_update(ExecutionRow)
                 .where(
                     ExecutionRow.id == execution_id,
                     ExecutionRow.status.not_in(EXECUTION_FINAL),
@@ -196,7 +205,7 @@ class Store:
             row.cancel_requested_at = stamp
             row.finished_at = stamp
             session.execute(
-                update(StepRow)
+                plain_update(StepRow)
                 .where(
                     StepRow.execution_id == execution_id,
                     StepRow.status.in_([PENDING, RETRYING]),
@@ -234,12 +243,12 @@ class Store:
                 )
                 session.flush()
                 session.execute(
-                    update(StepRow)
+                    plain_update(StepRow)
                     .where(StepRow.execution_id == execution_id, StepRow.step_id == step_id)
                     .values(status=RUNNING, attempts=attempt, next_attempt_at=None)
                 )
                 session.execute(
-                    update(StepRow)
+                    plain_update(StepRow)
                     .where(
                         StepRow.execution_id == execution_id,
                         StepRow.step_id == step_id,
@@ -248,7 +257,7 @@ class Store:
                     .values(started_at=stamp)
                 )
                 session.execute(
-                    update(ExecutionRow)
+                    plain_update(ExecutionRow)
                     .where(ExecutionRow.id == execution_id, ExecutionRow.status == PENDING)
                     .values(status=RUNNING, started_at=stamp)
                 )
@@ -299,7 +308,7 @@ class Store:
                 session, execution_id, step_id, attempt, now(), duration_ms, error.outcome, error
             )
             session.execute(
-                update(StepRow)
+                plain_update(StepRow)
                 .where(
                     StepRow.execution_id == execution_id,
                     StepRow.step_id == step_id,
@@ -343,7 +352,7 @@ class Store:
         assert status in (SKIPPED, CANCELLED)
         with self.session() as session, session.begin():
             session.execute(
-                update(StepRow)
+                plain_update(StepRow)
                 .where(
                     StepRow.execution_id == execution_id,
                     StepRow.step_id == step_id,
@@ -351,6 +360,238 @@ class Store:
                 )
                 .values(status=status, skip_cause=cause, reason=reason, finished_at=now())
             )
+
+    @_retrying
+    def renew_lease(self, execution_id: str, step_id: str, attempt: int, progress: Any) -> None:
+        with self.session() as session, session.begin():
+            session.execute(
+                plain_update(AttemptRow)
+                .where(
+                    AttemptRow.execution_id == execution_id,
+                    AttemptRow.step_id == step_id,
+                    AttemptRow.attempt == attempt,
+                    AttemptRow.outcome.is_(None),
+                )
+                .values(heartbeat_at=now(), progress=progress)
+            )
+
+    @_retrying
+    def mark_attempt_lost(self, execution_id: str, step_id: str, attempt: int) -> bool:
+        """Close an attempt whose worker died. False if someone else closed it first."""
+        with self.session() as session, session.begin():
+            result = session.execute(
+                plain_update(AttemptRow)
+                .where(
+                    AttemptRow.execution_id == execution_id,
+                    AttemptRow.step_id == step_id,
+                    AttemptRow.attempt == attempt,
+                    AttemptRow.outcome.is_(None),
+                )
+                .values(
+                    outcome=OUTCOME_LOST,
+                    finished_at=now(),
+                    error_type="WorkerLost",
+                    error_message="the worker running this attempt stopped answering",
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    @_retrying
+    def lost_attempts(self, execution_id: str, step_id: str) -> int:
+        with self.session() as session:
+            return len(
+                list(
+                    session.scalars(
+                        select(AttemptRow.id).where(
+                            AttemptRow.execution_id == execution_id,
+                            AttemptRow.step_id == step_id,
+                            AttemptRow.outcome == OUTCOME_LOST,
+                        )
+                    )
+                )
+            )
+
+    @_retrying
+    def record_waiting(self, execution_id: str, step_id: str, until: datetime, reason: str) -> None:
+        """The step waits (e.g. for a breaker's cool-down) without using an attempt."""
+        with self.session() as session, session.begin():
+            session.execute(
+                plain_update(StepRow)
+                .where(
+                    StepRow.execution_id == execution_id,
+                    StepRow.step_id == step_id,
+                    StepRow.status.not_in(STEP_FINAL),
+                )
+                .values(status=RETRYING, reason=reason, next_attempt_at=until)
+            )
+            session.execute(
+                plain_update(StepRow)
+                .where(
+                    StepRow.execution_id == execution_id,
+                    StepRow.step_id == step_id,
+                    StepRow.started_at.is_(None),
+                )
+                .values(started_at=now())
+            )
+
+    @_retrying
+    def record_rejection(
+        self,
+        execution_id: str,
+        step_id: str,
+        agent: str,
+        attempt: int,
+        error: AttemptError,
+        task_id: str | None,
+        worker: str | None,
+    ) -> None:
+        """A dispatch the breaker refused: audited, and the step fails without a call."""
+        stamp = now()
+        with self.session() as session, session.begin():
+            exists = session.scalar(
+                select(AttemptRow.id).where(
+                    AttemptRow.execution_id == execution_id,
+                    AttemptRow.step_id == step_id,
+                    AttemptRow.attempt == attempt,
+                )
+            )
+            if exists is None:
+                session.add(
+                    AttemptRow(
+                        execution_id=execution_id,
+                        step_id=step_id,
+                        attempt=attempt,
+                        agent=agent,
+                        task_id=task_id,
+                        worker=worker,
+                        started_at=stamp,
+                        finished_at=stamp,
+                        duration_ms=0,
+                        outcome=OUTCOME_REJECTED,
+                        error_type=error.type,
+                        error_message=error.message,
+                    )
+                )
+            session.execute(
+                plain_update(StepRow)
+                .where(
+                    StepRow.execution_id == execution_id,
+                    StepRow.step_id == step_id,
+                    StepRow.status.not_in(STEP_FINAL),
+                )
+                .values(
+                    status=FAILED,
+                    error_type=error.type,
+                    error_message=error.message,
+                    attempts=attempt,
+                    finished_at=stamp,
+                )
+            )
+
+    @_retrying
+    def open_attempts(self, older_than: datetime) -> list[AttemptRow]:
+        """Attempts with no end whose lease (last heartbeat, else start) is older than this."""
+        with self.session() as session:
+            return list(
+                session.scalars(
+                    select(AttemptRow).where(
+                        AttemptRow.outcome.is_(None),
+                        or_(
+                            AttemptRow.heartbeat_at < older_than,
+                            and_(
+                                AttemptRow.heartbeat_at.is_(None),
+                                AttemptRow.started_at < older_than,
+                            ),
+                        ),
+                    )
+                )
+            )
+
+    @_retrying
+    def unfinished_executions(self) -> list[ExecutionRow]:
+        with self.session() as session:
+            return list(
+                session.scalars(
+                    select(ExecutionRow).where(ExecutionRow.status.in_([PENDING, RUNNING]))
+                )
+            )
+
+    @_retrying
+    def register_agents(self, team: str, agents: dict[str, dict[str, Any]]) -> None:
+        """Remember the team's agents so the heartbeat knows whom to probe."""
+        stamp = now()
+        with self.session() as session, session.begin():
+            for name, spec in agents.items():
+                row = session.get(AgentRow, name)
+                if row is None:
+                    session.add(AgentRow(name=name, team=team, spec=spec, updated_at=stamp))
+                elif row.spec != spec or row.team != team:
+                    row.spec, row.team, row.updated_at = spec, team, stamp
+
+    @_retrying
+    def agents(self) -> list[AgentRow]:
+        with self.session() as session:
+            return list(session.scalars(select(AgentRow).order_by(AgentRow.name)))
+
+    @_retrying
+    def record_heartbeat(
+        self, agent: str, healthy: bool, latency_ms: int, detail: str | None
+    ) -> None:
+        with self.session() as session, session.begin():
+            session.add(
+                HeartbeatRow(
+                    agent=agent, at=now(), healthy=healthy, latency_ms=latency_ms, detail=detail
+                )
+            )
+
+    @_retrying
+    def last_heartbeats(self) -> dict[str, HeartbeatRow]:
+        with self.session() as session:
+            latest = (
+                select(HeartbeatRow.agent, func.max(HeartbeatRow.id).label("id"))
+                .group_by(HeartbeatRow.agent)
+                .subquery()
+            )
+            rows = session.scalars(
+                select(HeartbeatRow).join(latest, HeartbeatRow.id == latest.c.id)
+            )
+            return {row.agent: row for row in rows}
+
+    @_retrying
+    def recent_outcomes(self, since: datetime) -> dict[str, tuple[int, int]]:
+        """Per agent: (successful attempts, finished attempts) since a moment."""
+        with self.session() as session:
+            rows = session.execute(
+                select(AttemptRow.agent, AttemptRow.outcome, func.count())
+                .where(AttemptRow.started_at >= since, AttemptRow.outcome.is_not(None))
+                .group_by(AttemptRow.agent, AttemptRow.outcome)
+            )
+            totals: dict[str, tuple[int, int]] = {}
+            for agent, outcome, count in rows:
+                ok, total = totals.get(agent, (0, 0))
+                totals[agent] = (ok + (count if outcome == OUTCOME_SUCCESS else 0), total + count)
+            return totals
+
+    @_retrying
+    def pending_task_ids(self, execution_id: str) -> list[str]:
+        """Celery ids of this execution's attempts still running or waiting to retry."""
+        with self.session() as session:
+            ids = session.scalars(
+                select(AttemptRow.task_id)
+                .join(
+                    StepRow,
+                    and_(
+                        StepRow.execution_id == AttemptRow.execution_id,
+                        StepRow.step_id == AttemptRow.step_id,
+                    ),
+                )
+                .where(
+                    AttemptRow.execution_id == execution_id,
+                    AttemptRow.task_id.is_not(None),
+                    or_(AttemptRow.outcome.is_(None), StepRow.status == RETRYING),
+                )
+            )
+            return sorted({task_id for task_id in ids if task_id})
 
     @staticmethod
     def _close_attempt(
@@ -364,7 +605,7 @@ class Store:
         error: AttemptError | None,
     ) -> None:
         session.execute(
-            update(AttemptRow)
+            plain_update(AttemptRow)
             .where(
                 AttemptRow.execution_id == execution_id,
                 AttemptRow.step_id == step_id,

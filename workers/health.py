@@ -1,0 +1,75 @@
+"""The beat heartbeat: probe every registered agent's health check, record it, and feed
+its breaker (consecutive failed probes open it; a healthy probe after the cool-down
+half-opens it)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+
+from orchestration.agents.python_callable import load_target
+from orchestration.errors import AttemptTimeout
+from orchestration.resilience.time_limit import call_with_time_limit
+from orchestration.spec import AgentSpec, HealthCheck
+from orchestration.store.breakers import BreakerStore
+from orchestration.store.repository import Store
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    agent: str
+    healthy: bool
+    latency_ms: int
+    detail: str | None
+    breaker: str
+
+
+def probe(check: HealthCheck) -> tuple[bool, str | None]:
+    try:
+        if check.url is not None:
+            response = httpx.get(check.url, timeout=check.timeout)
+            healthy = response.is_success
+            return healthy, None if healthy else f"HTTP {response.status_code}"
+        assert check.target is not None
+        function = load_target(check.target)
+        verdict = call_with_time_limit(function, check.timeout)
+        # A probe says unhealthy by returning False (or raising); None means fine.
+        if verdict is False:
+            return False, "probe returned false"
+        return True, None
+    except AttemptTimeout:
+        return False, f"probe timed out after {check.timeout:g}s"
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"[:500]
+
+
+def run_heartbeat(store: Store, breakers: BreakerStore) -> list[ProbeResult]:
+    agents = []
+    for row in store.agents():
+        spec = AgentSpec.model_validate(row.spec)
+        if spec.health is not None:
+            agents.append((row.name, spec))
+    if not agents:
+        return []
+
+    def one(item: tuple[str, AgentSpec]) -> ProbeResult:
+        name, spec = item
+        assert spec.health is not None
+        started = time.perf_counter()
+        healthy, detail = probe(spec.health)
+        latency = int((time.perf_counter() - started) * 1000)
+        store.record_heartbeat(name, healthy, latency, detail)
+        state = breakers.record_probe(
+            name,
+            spec.breaker,
+            healthy=healthy,
+            failures_to_open=spec.health.failures_to_open,
+            detail=detail,
+        )
+        return ProbeResult(name, healthy, latency, detail, state)
+
+    with ThreadPoolExecutor(max_workers=min(8, len(agents))) as pool:
+        return list(pool.map(one, agents))

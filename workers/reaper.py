@@ -1,0 +1,79 @@
+"""The reaper: nothing stays RUNNING or PENDING forever.
+
+The database is the source of truth and the broker a delivery mechanism that may lose or
+hold messages. Attempts whose lease expired belong to dead workers: they are marked lost
+(a redelivered message, or the resume below, runs the next attempt). Executions with
+nothing running, waiting or recently active are resumed: their canvas is published again
+from the first unfinished level, and steps already finished return their recorded
+envelopes at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from orchestration.constants import RETRYING, RUNNING, STEP_FINAL
+from orchestration.store.breakers import aware
+from orchestration.store.models import StepRow
+from orchestration.store.repository import Store, now
+
+
+@dataclass
+class ReapReport:
+    lost_attempts: list[tuple[str, str, int]] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+
+
+def reap(
+    store: Store,
+    *,
+    lease_ttl: float,
+    stall_timeout: float,
+    resume: Callable[[str], None],
+    at: datetime | None = None,
+) -> ReapReport:
+    stamp = at or now()
+    report = ReapReport()
+    for attempt in store.open_attempts(older_than=stamp - timedelta(seconds=lease_ttl)):
+        if store.mark_attempt_lost(attempt.execution_id, attempt.step_id, attempt.attempt):
+            report.lost_attempts.append((attempt.execution_id, attempt.step_id, attempt.attempt))
+    for execution in store.unfinished_executions():
+        steps = store.steps(execution.id)
+        if _in_flight(steps, stamp, lease_ttl):
+            continue
+        last = _last_activity(steps, aware(execution.created_at) or stamp)
+        if (stamp - last).total_seconds() >= stall_timeout:
+            resume(execution.id)
+            report.resumed.append(execution.id)
+    return report
+
+
+def _in_flight(steps: list[StepRow], stamp: datetime, lease_ttl: float) -> bool:
+    for row in steps:
+        if row.status == RUNNING and row.finished_at is None:
+            started = aware(row.started_at)
+            # RUNNING with a live lease was not reaped above: it is still working.
+            if started is not None and (stamp - started).total_seconds() < lease_ttl:
+                return True
+        if row.status == RETRYING:
+            due = aware(row.next_attempt_at)
+            if due is not None and due > stamp - timedelta(seconds=lease_ttl):
+                return True
+    return False
+
+
+def _last_activity(steps: list[StepRow], created: datetime) -> datetime:
+    moments = [created]
+    for row in steps:
+        for value in (row.started_at, row.finished_at, row.next_attempt_at):
+            stamp = aware(value)
+            if stamp is not None:
+                moments.append(stamp)
+    return max(moments)
+
+
+def resume_attempts(steps: list[StepRow]) -> dict[str, int]:
+    """The attempt number each unfinished step's next message should carry."""
+    return {row.step_id: row.attempts + 1 for row in steps if row.status not in STEP_FINAL}
