@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestration.constants import HEARTBEAT_TASK, REAP_TASK
 from orchestration.settings import get_settings
 
 _settings = get_settings()
@@ -32,11 +33,34 @@ broker_connection_retry_on_startup = True
 task_send_sent_event = True
 worker_send_task_events = True
 
+# Beat: probe agents and feed their breakers; recover work lost with dead workers. Each
+# run expires after one interval, so a backlog never replays stale probes.
+beat_schedule = {
+    "troupe-heartbeat": {
+        "task": HEARTBEAT_TASK,
+        "schedule": _settings.heartbeat_interval,
+        "options": {"queue": _settings.queue, "expires": _settings.heartbeat_interval},
+    },
+    "troupe-reap": {
+        "task": REAP_TASK,
+        "schedule": _settings.reap_interval,
+        "options": {"queue": _settings.queue, "expires": _settings.reap_interval},
+    },
+}
+
 broker_transport_options: dict[str, Any]
 if _settings.embedded:
     broker_transport_options = {"polling_interval": _settings.embedded_polling_interval}
     worker_hijack_root_logger = False
     worker_redirect_stdouts = False
+    # Several CLI processes may run at once: keep beat's schedule in memory, not a file.
+    beat_scheduler = "celery.beat:Scheduler"
 else:
-    broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+    broker_transport_options = {
+        "visibility_timeout": _settings.visibility_timeout,
+        # Re-queue a dead worker's unacknowledged messages soon after the visibility
+        # timeout, not after kombu's default restore cycle of about 100 s.
+        "unacked_restore_interval": _settings.unacked_restore_interval,
+        "unacked_restore_throttle": 1,
+    }
     result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}

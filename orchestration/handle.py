@@ -12,11 +12,21 @@ from orchestration.store.repository import Store
 ProgressCallback = Callable[[ExecutionReport], None]
 
 
+Revoker = Callable[[list[str]], None]
+
+
 class ExecutionHandle:
-    def __init__(self, execution_id: str, store: Store, poll_interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        execution_id: str,
+        store: Store,
+        poll_interval: float = 0.1,
+        revoke: Revoker | None = None,
+    ) -> None:
         self.execution_id = execution_id
         self._store = store
         self._poll_interval = poll_interval
+        self._revoke = revoke
 
     def __repr__(self) -> str:
         return f"ExecutionHandle({self.execution_id!r})"
@@ -49,5 +59,13 @@ class ExecutionHandle:
         return self.wait(timeout).output
 
     def cancel(self, reason: str = "cancelled by user") -> bool:
-        """Record the cancellation first, so no later delegation calls its agent."""
-        return self._store.cancel_execution(self.execution_id, reason)
+        """Cancel durably: record it first, so every later delegation sees it before calling
+        its agent (even on a worker restarted later), then revoke what is queued.
+        False if the execution had already finished."""
+        if not self._store.cancel_execution(self.execution_id, reason):
+            return False
+        if self._revoke is not None:
+            task_ids = self._store.pending_task_ids(self.execution_id)
+            if task_ids:
+                self._revoke(task_ids)
+        return True

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestration.errors import NoWorkerError
+from orchestration.handle import ExecutionHandle
 from orchestration.settings import Settings, get_settings
 from orchestration.store.database import ensure_schema
 from orchestration.store.repository import Store
@@ -45,6 +46,16 @@ class Runtime:
     def workers_answering(self, timeout: float = 1.5) -> bool:
         replies = self.app.control.ping(timeout=timeout, limit=1)
         return bool(replies)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        # Revoked ids live only in running workers' memory; the database check each
+        # delegation makes is what actually holds. This just spares queued messages.
+        self.app.control.revoke(task_ids)
+
+    def handle(self, execution_id: str) -> ExecutionHandle:
+        return ExecutionHandle(
+            execution_id, self.store, self.settings.poll_interval, revoke=self.revoke
+        )
 
     def safe_broker_url(self) -> str:
         from kombu.utils.url import maybe_sanitize_url

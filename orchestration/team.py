@@ -11,9 +11,11 @@ from celery._state import _set_task_join_will_block, task_join_will_block
 from orchestration.constants import START_TASK
 from orchestration.handle import ExecutionHandle
 from orchestration.report import ExecutionReport
+from orchestration.resilience.breaker import CLOSED
 from orchestration.runtime import Runtime, get_runtime
 from orchestration.settings import get_settings
 from orchestration.spec import TeamSpec
+from orchestration.store.breakers import BreakerStore
 from orchestration.team_file import load_team, parse_team
 from workflows.plan import ExecutionPlan, build_plan
 
@@ -41,11 +43,22 @@ class Team:
         if check_worker:
             runtime.ensure_worker()
         execution_id = str(uuid.uuid4())
-        runtime.store.create_execution(
-            execution_id, self.spec.model_dump(mode="json"), self.plan, input
-        )
+        spec = self.spec.model_dump(mode="json")
+        runtime.store.register_agents(self.name, spec["agents"])
+        runtime.store.create_execution(execution_id, spec, self.plan, input)
         publish_start(runtime, execution_id)
-        return ExecutionHandle(execution_id, runtime.store, runtime.settings.poll_interval)
+        return runtime.handle(execution_id)
+
+    def open_breakers(self) -> dict[str, str]:
+        """Agents of this team whose breaker is not closed, with why."""
+        breakers = BreakerStore(get_runtime().store)
+        found = {}
+        for name in self.spec.agents:
+            view = breakers.get(name)
+            if view is not None and view.snapshot.state != CLOSED:
+                detail = view.snapshot.last_error or "no detail"
+                found[name] = f"{view.snapshot.state} ({detail})"
+        return found
 
     def run(self, input: Any = None, timeout: float | None = None) -> ExecutionReport:
         """Enqueue and wait for the result."""
@@ -71,7 +84,7 @@ def execution(execution_id: str) -> ExecutionHandle:
     """A handle on an execution started earlier, from any process."""
     runtime = get_runtime()
     runtime.store.execution_status(execution_id)  # raises ExecutionNotFound
-    return ExecutionHandle(execution_id, runtime.store, runtime.settings.poll_interval)
+    return runtime.handle(execution_id)
 
 
 def _visibility_bound() -> float | None:

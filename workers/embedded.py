@@ -21,6 +21,7 @@ class EmbeddedWorker:
         self._concurrency = concurrency
         self._thread: threading.Thread | None = None
         self._controller: object | None = None
+        self._beat: object | None = None
         self._ready = threading.Event()
 
     @property
@@ -60,8 +61,23 @@ class EmbeddedWorker:
         while not self._ready.wait(0.05):
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise TroupeError("the embedded worker did not start")
+        self._start_beat()
+
+    def _start_beat(self) -> None:
+        # Beat in a thread of this process: a forked beat would publish into its own copy
+        # of the in-memory broker, and nothing would ever arrive here.
+        from celery.beat import EmbeddedService
+
+        beat = EmbeddedService(self._app, thread=True)
+        beat.daemon = True
+        beat.start()
+        self._beat = beat
 
     def stop(self) -> None:
+        beat = self._beat
+        if beat is not None:
+            beat.stop()  # type: ignore[attr-defined]
+            self._beat = None
         controller = self._controller
         if controller is not None:
             controller.stop(in_sighandler=False)  # type: ignore[attr-defined]

@@ -10,7 +10,15 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init
 
-from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK, JOIN_TASK, START_TASK
+from orchestration.constants import (
+    DELEGATE_TASK,
+    FINALIZE_TASK,
+    HEARTBEAT_TASK,
+    JOIN_TASK,
+    REAP_TASK,
+    START_TASK,
+    STEP_FINAL,
+)
 from orchestration.envelope import Envelope
 from orchestration.settings import get_settings
 from orchestration.store.breakers import BreakerStore
@@ -18,6 +26,9 @@ from orchestration.store.database import dispose_engines
 from orchestration.store.repository import Store
 from workers.app import app
 from workers.delegation import Delegation, Delivery, Limits, RetryLater, load_context
+from workers.health import run_heartbeat
+from workers.reaper import reap as reap_lost_work
+from workers.reaper import resume_attempts
 from workflows.canvas import compile_canvas
 from workflows.outcome import StepRecord, decide_outcome
 
@@ -42,10 +53,24 @@ def _fresh_connections(**_: Any) -> None:
 
 
 @app.task(name=START_TASK)
-def start(execution_id: str) -> str:
-    """Compile the execution's canvas from its recorded plan and publish it."""
-    plan = load_context(store(), execution_id).plan
-    compile_canvas(plan, execution_id, get_settings().queue, app).apply_async()
+def start(execution_id: str, resume: bool = False) -> str:
+    """Compile the execution's canvas from its recorded plan and publish it.
+
+    Resuming (the reaper found it stalled), only the levels from the first unfinished
+    one are published, each step carrying the number of its next attempt.
+    """
+    state = store()
+    plan = load_context(state, execution_id).plan
+    from_level, attempts = 0, None
+    if resume:
+        steps = state.steps(execution_id)
+        unfinished = [row for row in steps if row.status not in STEP_FINAL]
+        from_level = min((row.level for row in unfinished), default=len(plan.levels))
+        attempts = resume_attempts(steps)
+    canvas = compile_canvas(
+        plan, execution_id, get_settings().queue, app, from_level=from_level, attempts=attempts
+    )
+    canvas.apply_async()
     return execution_id
 
 
@@ -68,7 +93,7 @@ def delegate(
         )
     )
     if decision is None:
-        # Stale copy of an attempt whose retry is already queued: neither result nor
+        # Stale copy of an attempt whose successor is already queued: neither result nor
         # chord counter may move, so tell Celery to forget this message.
         raise Ignore()
     if isinstance(decision, RetryLater):
@@ -105,3 +130,30 @@ def finalize(execution_id: str) -> dict[str, Any]:
     outcome = decide_outcome(plan, records)
     state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
     return {"execution_id": execution_id, "status": outcome.status}
+
+
+@app.task(name=HEARTBEAT_TASK)
+def heartbeat() -> list[dict[str, Any]]:
+    """Beat: probe every agent with a health check and feed its breaker."""
+    state = store()
+    return [
+        {"agent": r.agent, "healthy": r.healthy, "latency_ms": r.latency_ms, "breaker": r.breaker}
+        for r in run_heartbeat(state, BreakerStore(state))
+    ]
+
+
+@app.task(name=REAP_TASK)
+def reap() -> dict[str, Any]:
+    """Beat: mark attempts of dead workers lost, resume stalled executions."""
+    settings = get_settings()
+    report = reap_lost_work(
+        store(),
+        lease_ttl=settings.lease_ttl,
+        stall_timeout=settings.stall_timeout,
+        resume=lambda execution_id: app.send_task(
+            START_TASK, args=(execution_id,), kwargs={"resume": True}, queue=settings.queue
+        ),
+    )
+    if report.lost_attempts or report.resumed:
+        log.warning("reaper: lost attempts %s; resumed %s", report.lost_attempts, report.resumed)
+    return {"lost_attempts": len(report.lost_attempts), "resumed": report.resumed}

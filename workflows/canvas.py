@@ -8,6 +8,7 @@ database, not through task results.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery import chain, chord, group, signature
@@ -18,11 +19,13 @@ from workflows.plan import ExecutionPlan, PlannedStep
 
 
 def delegation_signature(
-    execution_id: str, step: PlannedStep, queue: str, app: Any = None
+    execution_id: str, step: PlannedStep, queue: str, app: Any = None, attempt: int = 1
 ) -> Signature:
     return signature(
         DELEGATE_TASK,
         args=(execution_id, step.id),
+        # Every message names its attempt: that is how a redelivered copy is recognised.
+        kwargs={"attempt": attempt},
         immutable=True,
         app=app,
         # Flower and the logs show the delegation under its agent's name.
@@ -31,11 +34,27 @@ def delegation_signature(
 
 
 def compile_canvas(
-    plan: ExecutionPlan, execution_id: str, queue: str, app: Any = None
+    plan: ExecutionPlan,
+    execution_id: str,
+    queue: str,
+    app: Any = None,
+    *,
+    from_level: int = 0,
+    attempts: Mapping[str, int] | None = None,
 ) -> Signature:
+    """The whole execution, or (resuming) its levels from ``from_level`` on, with each
+    step's next attempt number taken from ``attempts`` (default 1)."""
     parts: list[Signature] = []
+    next_attempt = attempts or {}
     for index, level in enumerate(plan.levels):
-        members = [delegation_signature(execution_id, plan.step(sid), queue, app) for sid in level]
+        if index < from_level:
+            continue
+        members = [
+            delegation_signature(
+                execution_id, plan.step(sid), queue, app, next_attempt.get(sid, 1)
+            )
+            for sid in level
+        ]
         if len(members) == 1:
             parts.append(members[0])
             continue

@@ -60,6 +60,8 @@ def run_team(
         )
     team = Team.load(team_file)
     console = Console(stderr=as_json, highlight=False)
+    for agent, state in team.open_breakers().items():
+        click.echo(f"warning: agent {agent!r} circuit breaker is {state}", err=True)
     handle = team.enqueue(input_value, check_worker=not no_wait)
     if no_wait:
         click.echo(

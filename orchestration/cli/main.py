@@ -25,13 +25,15 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from orchestration.cli import execution_commands, process_commands
+    from orchestration.cli import agent_commands, execution_commands, process_commands
 
     for command in (
         execution_commands.run_team,
         execution_commands.status,
         execution_commands.validate,
         execution_commands.stop,
+        agent_commands.breakers,
+        agent_commands.agents,
         process_commands.worker,
         process_commands.beat,
         process_commands.flower,
