@@ -44,8 +44,16 @@ class Runtime:
             )
 
     def workers_answering(self, timeout: float = 1.5) -> bool:
-        replies = self.app.control.ping(timeout=timeout, limit=1)
-        return bool(replies)
+        """Does some worker consume our queue? Any worker on the broker answers a ping,
+        whatever it consumes, so ask for queues; the first reply usually settles it."""
+        control = self.app.control
+        first = control.broadcast("active_queues", reply=True, limit=1, timeout=timeout)
+        if _consumes(first, self.settings.queue):
+            return True
+        if not first:
+            return False
+        everyone = control.broadcast("active_queues", reply=True, timeout=1.0)
+        return _consumes(everyone, self.settings.queue)
 
     def revoke(self, task_ids: list[str]) -> None:
         # Revoked ids live only in running workers' memory; the database check each
@@ -66,6 +74,18 @@ class Runtime:
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
+
+
+def _consumes(replies: list[dict[str, list[dict[str, object]]]] | None, queue: str) -> bool:
+    for reply in replies or []:
+        for queues in reply.values():
+            if any(entry.get("name") == queue for entry in queues or []):
+                return True
+    return False
+
+
+def embedded_worker_running() -> bool:
+    return _runtime is not None and _runtime.worker is not None and _runtime.worker.running
 
 
 _runtime: Runtime | None = None

@@ -74,9 +74,21 @@ def main(argv: list[str] | None = None) -> NoReturn:
             f"internal error: {type(exc).__name__}: {detail} (set TROUPE_DEBUG=1 for a traceback)",
             exit_codes.FAILED,
         )
-    sys.exit(code if isinstance(code, int) else 0)
+    leave(code if isinstance(code, int) else 0)
 
 
 def fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
+    leave(code)
+
+
+def leave(code: int) -> NoReturn:
+    from orchestration.runtime import embedded_worker_running
+
+    if embedded_worker_running():
+        # Everything is recorded. Exiting normally would wait for the embedded pool's
+        # threads, one of which may be inside an agent that runs until its time limit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)

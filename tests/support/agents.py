@@ -1,0 +1,83 @@
+"""Small deterministic agents for tests. Each is a plain ``def agent(call)``.
+
+Team files name them as ``tests.support.agents:<name>``; the project root is importable in
+the test process, in ``manage.py`` subprocesses and in worker processes alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from orchestration.errors import PermanentAgentError, TransientAgentError
+
+# Used by tests.support.teams to give every agent a target.
+AGENT_NAMES = (
+    "echo",
+    "add_one",
+    "fail_always",
+    "fail_permanent",
+    "flaky_until_third",
+    "sleepy",
+    "count_issues",
+    "noop",
+)
+
+
+def echo(call: Any) -> dict[str, Any]:
+    """Returns what it saw, so a test can assert the context each step was given."""
+    return {
+        "step_id": call.step_id,
+        "input": call.input,
+        "outputs": sorted(call.outputs),
+        "task": call.task,
+        "attempt": call.attempt,
+    }
+
+
+def add_one(call: Any) -> int | float:
+    """The input number plus one: a pipeline of these counts up."""
+    value = call.input
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PermanentAgentError(f"add_one needs a number, got {value!r}")
+    return value + 1
+
+
+def fail_always(call: Any) -> None:
+    raise RuntimeError(f"{call.step_id} always fails (attempt {call.attempt})")
+
+
+def fail_permanent(call: Any) -> None:
+    raise PermanentAgentError(f"{call.step_id} cannot succeed")
+
+
+def flaky_until_third(call: Any) -> dict[str, int]:
+    """Fails with a transient error on attempts 1 and 2, succeeds on the third."""
+    if call.attempt < 3:
+        raise TransientAgentError(f"{call.step_id} not yet (attempt {call.attempt})")
+    return {"attempt": call.attempt}
+
+
+def sleepy(call: Any) -> dict[str, float]:
+    """Sleeps for the input (seconds) when it is a number, else 0.05 s."""
+    value = call.input
+    seconds = (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.05
+    )
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def count_issues(call: Any) -> dict[str, int]:
+    """``{"issues": n}``: n is the input when it is a number; for a mapping input, the
+    value under this step's id, else under "issues", else 0."""
+    value = call.input
+    if isinstance(value, dict):
+        value = value.get(call.step_id, value.get("issues", 0))
+    if isinstance(value, bool) or not isinstance(value, int):
+        value = 0
+    return {"issues": value}
+
+
+def noop(call: Any) -> None:
+    return None
