@@ -51,6 +51,16 @@ def plain_update(model: type[Any]) -> Any:
     return update(model).execution_options(synchronize_session=False)
 
 
+def _unfinished_step(execution_id: str, step_id: str) -> Any:
+    """UPDATE of one step that has not reached a final status: a finished step's record
+    is never overwritten, whatever arrives late."""
+    return plain_update(StepRow).where(
+        StepRow.execution_id == execution_id,
+        StepRow.step_id == step_id,
+        StepRow.status.not_in(STEP_FINAL),
+    )
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -308,13 +318,7 @@ class Store:
                 session, execution_id, step_id, attempt, now(), duration_ms, error.outcome, error
             )
             session.execute(
-                plain_update(StepRow)
-                .where(
-                    StepRow.execution_id == execution_id,
-                    StepRow.step_id == step_id,
-                    StepRow.status.not_in(STEP_FINAL),
-                )
-                .values(
+                _unfinished_step(execution_id, step_id).values(
                     status=RETRYING,
                     error_type=error.type,
                     error_message=error.message,
@@ -352,13 +356,9 @@ class Store:
         assert status in (SKIPPED, CANCELLED)
         with self.session() as session, session.begin():
             session.execute(
-                plain_update(StepRow)
-                .where(
-                    StepRow.execution_id == execution_id,
-                    StepRow.step_id == step_id,
-                    StepRow.status.not_in(STEP_FINAL),
+                _unfinished_step(execution_id, step_id).values(
+                    status=status, skip_cause=cause, reason=reason, finished_at=now()
                 )
-                .values(status=status, skip_cause=cause, reason=reason, finished_at=now())
             )
 
     @_retrying
@@ -416,13 +416,9 @@ class Store:
         """The step waits (e.g. for a breaker's cool-down) without using an attempt."""
         with self.session() as session, session.begin():
             session.execute(
-                plain_update(StepRow)
-                .where(
-                    StepRow.execution_id == execution_id,
-                    StepRow.step_id == step_id,
-                    StepRow.status.not_in(STEP_FINAL),
+                _unfinished_step(execution_id, step_id).values(
+                    status=RETRYING, reason=reason, next_attempt_at=until
                 )
-                .values(status=RETRYING, reason=reason, next_attempt_at=until)
             )
             session.execute(
                 plain_update(StepRow)
@@ -473,13 +469,7 @@ class Store:
                     )
                 )
             session.execute(
-                plain_update(StepRow)
-                .where(
-                    StepRow.execution_id == execution_id,
-                    StepRow.step_id == step_id,
-                    StepRow.status.not_in(STEP_FINAL),
-                )
-                .values(
+                _unfinished_step(execution_id, step_id).values(
                     status=FAILED,
                     error_type=error.type,
                     error_message=error.message,
