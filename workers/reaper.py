@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from orchestration.constants import RETRYING, RUNNING, STEP_FINAL
+from orchestration.constants import RETRYING, STEP_FINAL
 from orchestration.store.breakers import aware
 from orchestration.store.models import StepRow
 from orchestration.store.repository import Store, now
@@ -40,23 +40,24 @@ def reap(
         if store.mark_attempt_lost(attempt.execution_id, attempt.step_id, attempt.attempt):
             report.lost_attempts.append((attempt.execution_id, attempt.step_id, attempt.attempt))
     for execution in store.unfinished_executions():
+        # Attempts still open now hold a live lease (expired ones were just marked lost).
+        running, latest_attempt = store.attempt_activity(execution.id)
+        if running:
+            continue
         steps = store.steps(execution.id)
-        if _in_flight(steps, stamp, lease_ttl):
+        if _waiting_to_retry(steps, stamp, lease_ttl):
             continue
         last = _last_activity(steps, aware(execution.created_at) or stamp)
+        if latest_attempt is not None:
+            last = max(last, latest_attempt)
         if (stamp - last).total_seconds() >= stall_timeout:
             resume(execution.id)
             report.resumed.append(execution.id)
     return report
 
 
-def _in_flight(steps: list[StepRow], stamp: datetime, lease_ttl: float) -> bool:
+def _waiting_to_retry(steps: list[StepRow], stamp: datetime, lease_ttl: float) -> bool:
     for row in steps:
-        if row.status == RUNNING and row.finished_at is None:
-            started = aware(row.started_at)
-            # RUNNING with a live lease was not reaped above: it is still working.
-            if started is not None and (stamp - started).total_seconds() < lease_ttl:
-                return True
         if row.status == RETRYING:
             due = aware(row.next_attempt_at)
             if due is not None and due > stamp - timedelta(seconds=lease_ttl):

@@ -498,6 +498,22 @@ class Store:
             )
 
     @_retrying
+    def attempt_activity(self, execution_id: str) -> tuple[bool, datetime | None]:
+        """(Has an attempt without an end?, the latest start, end or lease renewal.)"""
+        with self.session() as session:
+            row = session.execute(
+                select(
+                    func.count().filter(AttemptRow.outcome.is_(None)),
+                    func.max(AttemptRow.started_at),
+                    # Marking an attempt lost is the reaper's doing, not the execution's.
+                    func.max(AttemptRow.finished_at).filter(AttemptRow.outcome != OUTCOME_LOST),
+                    func.max(AttemptRow.heartbeat_at),
+                ).where(AttemptRow.execution_id == execution_id)
+            ).one()
+        moments = [_aware(value) for value in row[1:] if value is not None]
+        return bool(row[0]), max(moments) if moments else None
+
+    @_retrying
     def unfinished_executions(self) -> list[ExecutionRow]:
         with self.session() as session:
             return list(
@@ -553,7 +569,12 @@ class Store:
         with self.session() as session:
             rows = session.execute(
                 select(AttemptRow.agent, AttemptRow.outcome, func.count())
-                .where(AttemptRow.started_at >= since, AttemptRow.outcome.is_not(None))
+                .where(
+                    AttemptRow.started_at >= since,
+                    AttemptRow.outcome.is_not(None),
+                    # A dispatch the breaker refused never reached the agent.
+                    AttemptRow.outcome != OUTCOME_REJECTED,
+                )
                 .group_by(AttemptRow.agent, AttemptRow.outcome)
             )
             totals: dict[str, tuple[int, int]] = {}
@@ -609,6 +630,10 @@ class Store:
                 error_message=error.message if error else None,
             )
         )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _elapsed_ms(started: datetime | None, finished: datetime, fallback: int) -> int:
