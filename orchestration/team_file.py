@@ -13,6 +13,9 @@ from orchestration.errors import AgentLoadError, TeamFileError
 from orchestration.spec import SpecProblem, TeamSpec
 
 
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_team(
     path: str | Path, *, visibility_timeout: float | None = None, import_targets: bool = True
 ) -> TeamSpec:
@@ -36,7 +39,8 @@ def parse_team(
     import_targets: bool = True,
 ) -> TeamSpec:
     try:
-        data = yaml.safe_load(text)
+        # libyaml's loader when present: a 10,000-step team parses in a fraction of the time.
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None

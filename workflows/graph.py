@@ -1,4 +1,5 @@
-"""Dependency graphs: topological levels and cycle detection. Pure functions."""
+"""Dependency graphs: topological levels and cycle detection. Pure, iterative functions
+(a 10,000-step sequential team is a 10,000-deep chain: no recursion)."""
 
 from __future__ import annotations
 
@@ -12,31 +13,30 @@ class CycleError(ValueError):
 
 
 def find_cycle(order: Sequence[str], deps: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """Return one cycle as a closed path (first node repeated at the end), or None."""
+    """Return one cycle as a closed path in run order (first node repeated), or None."""
     white, grey, black = 0, 1, 2
     colour = dict.fromkeys(order, white)
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        colour[node] = grey
-        stack.append(node)
-        for dep in deps.get(node, ()):
-            if colour.get(dep) == grey:
-                return [*stack[stack.index(dep) :], dep]
-            if colour.get(dep) == white:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        colour[node] = black
-        return None
-
-    for node in order:
-        if colour[node] == white:
-            found = visit(node)
-            if found:
-                # Report the cycle in dependency order (a runs after b -> b before a).
-                return list(reversed(found))
+    for root in order:
+        if colour[root] != white:
+            continue
+        path: list[str] = [root]
+        branches = [iter(deps.get(root, ()))]
+        colour[root] = grey
+        while branches:
+            dep = next(branches[-1], None)
+            if dep is None:
+                colour[path.pop()] = black
+                branches.pop()
+                continue
+            state = colour.get(dep)
+            if state == grey:
+                cycle = [*path[path.index(dep) :], dep]
+                # Edges point from a step to what it needs: reverse for run order.
+                return list(reversed(cycle))
+            if state == white:
+                colour[dep] = grey
+                path.append(dep)
+                branches.append(iter(deps.get(dep, ())))
     return None
 
 
@@ -51,17 +51,25 @@ def topological_levels(
     cycle = find_cycle(order, deps)
     if cycle:
         raise CycleError(cycle)
-    level: dict[str, int] = {}
-
-    def depth(node: str) -> int:
-        if node not in level:
-            level[node] = 1 + max((depth(d) for d in deps.get(node, ())), default=-1)
-        return level[node]
-
+    dependents: dict[str, list[str]] = {node: [] for node in order}
+    waiting = {node: len(deps.get(node, ())) for node in order}
     for node in order:
-        depth(node)
+        for dep in deps.get(node, ()):
+            dependents[dep].append(node)
+    level = dict.fromkeys(order, 0)
+    ready = [node for node in order if waiting[node] == 0]
+    while ready:
+        node = ready.pop()
+        for child in dependents[node]:
+            level[child] = max(level[child], level[node] + 1)
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
     count = 1 + max(level.values(), default=-1)
-    return tuple(tuple(n for n in order if level[n] == i) for i in range(count))
+    buckets: list[list[str]] = [[] for _ in range(count)]
+    for node in order:
+        buckets[level[node]].append(node)
+    return tuple(tuple(bucket) for bucket in buckets)
 
 
 def sinks(order: Sequence[str], deps: Mapping[str, Sequence[str]]) -> tuple[str, ...]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from orchestration.spec import Strategy, TeamSpec
 from workflows.graph import ancestors, sinks, topological_levels
@@ -17,10 +19,32 @@ class PlannedStep:
     position: int
     level: int
     deps: tuple[str, ...]
-    # Steps whose outputs this step may read: everything that certainly ran before it.
-    visible: tuple[str, ...]
     # Pipeline: the step whose output becomes this step's input (None: the execution input).
     input_from: str | None
+    _graph: _Graph = field(repr=False, compare=False)
+
+    @cached_property
+    def visible(self) -> tuple[str, ...]:
+        """Steps whose outputs this step may read: everything that certainly ran before it.
+
+        Computed on first use: a long sequential team would otherwise hold a quadratic
+        number of entries, and a worker only ever needs the steps it runs.
+        """
+        return self._graph.ancestors_in_order(self.id)
+
+
+@dataclass(frozen=True)
+class _Graph:
+    deps: Mapping[str, tuple[str, ...]]
+    position: Mapping[str, int]
+    chain: bool  # sequential and pipeline: every earlier step is an ancestor
+
+    def ancestors_in_order(self, step_id: str) -> tuple[str, ...]:
+        if self.chain:
+            order = sorted(self.position, key=self.position.__getitem__)
+            return tuple(order[: self.position[step_id]])
+        seen = ancestors(step_id, self.deps)
+        return tuple(sorted(seen, key=self.position.__getitem__))
 
 
 @dataclass(frozen=True)
@@ -49,9 +73,10 @@ def build_plan(spec: TeamSpec) -> ExecutionPlan:
     levels = topological_levels(order, deps)
     level_of = {sid: i for i, level in enumerate(levels) for sid in level}
     position = {sid: i for i, sid in enumerate(order)}
+    chain = workflow.strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE)
+    graph = _Graph(deps=deps, position=position, chain=chain)
     planned = []
     for i, step in enumerate(workflow.steps):
-        seen = ancestors(step.id, deps)
         planned.append(
             PlannedStep(
                 id=step.id,
@@ -61,8 +86,8 @@ def build_plan(spec: TeamSpec) -> ExecutionPlan:
                 position=i,
                 level=level_of[step.id],
                 deps=deps[step.id],
-                visible=tuple(sorted(seen, key=position.__getitem__)),
                 input_from=order[i - 1] if workflow.strategy is Strategy.PIPELINE and i else None,
+                _graph=graph,
             )
         )
     return ExecutionPlan(
