@@ -186,7 +186,10 @@ def _epoch(value: datetime) -> float:
 
 @pytest.mark.timeout(90)
 def test_run_survives_a_postgresql_restart(
-    private_postgres: PrivatePostgres, redis_url: str, tmp_path: Path, request: Any
+    private_postgres: PrivatePostgres,
+    redis_url: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     pg = private_postgres
     database_url = pg.url("troupe")

@@ -173,10 +173,10 @@ def write_team_file(
     directory: Path,
     name: str,
     strategy: str,
-    steps: Iterable[tuple[str, str]],
+    steps: Iterable[tuple[str, str] | Mapping[str, Any]],
     agents: Mapping[str, Mapping[str, Any]],
 ) -> Path:
-    """A team file with ``steps`` as (step id, agent name) pairs."""
+    """A team file; each step is a (step id, agent name) pair or a full step mapping."""
     import yaml
 
     data = {
@@ -184,7 +184,10 @@ def write_team_file(
         "agents": {key: dict(value) for key, value in agents.items()},
         "workflow": {
             "strategy": strategy,
-            "steps": [{"id": sid, "agent": agent} for sid, agent in steps],
+            "steps": [
+                dict(step) if isinstance(step, Mapping) else {"id": step[0], "agent": step[1]}
+                for step in steps
+            ],
         },
     }
     path = directory / f"{name}.yaml"
@@ -357,8 +360,10 @@ class Cluster:
                     print(f"--- log of {name} (tail) ---\n{text}")
             raise
 
-    def stop_all(self, grace: float = 8.0) -> None:
-        """SIGTERM every process at once (warm shutdowns overlap), then stop each."""
+    def stop_all(self, grace: float = 1.5) -> None:
+        """SIGTERM every process at once, then SIGKILL whatever is left after ``grace``
+        seconds: by then the test has checked everything, so a slow warm shutdown only
+        costs time."""
         for service in self.services:
             if service.alive and service.process is not None:
                 with contextlib.suppress(ProcessLookupError):
