@@ -7,9 +7,25 @@ survive JSON faithfully. Outputs stay in the database to keep messages small.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from datetime import datetime
+from typing import Any, Protocol, TypedDict
 
-from orchestration.store.models import StepRow
+
+class StepState(Protocol):
+    """A step's recorded state: an ORM row or a plain result row of troupe_steps."""
+
+    execution_id: str
+    step_id: str
+    agent: str
+    status: str
+    attempts: int
+    skip_cause: str | None
+    reason: str | None
+    output: Any
+    error_type: str | None
+    error_message: str | None
+    started_at: datetime | None
+    duration_ms: int | None
 
 
 class Envelope(TypedDict):
@@ -19,9 +35,10 @@ class Envelope(TypedDict):
     attempts: int
     error_type: str | None
     error_message: str | None
+    duration_ms: int | None
 
 
-def envelope_of(row: StepRow) -> Envelope:
+def envelope_of(row: StepState) -> Envelope:
     return Envelope(
         execution_id=row.execution_id,
         step_id=row.step_id,
@@ -29,4 +46,5 @@ def envelope_of(row: StepRow) -> Envelope:
         attempts=row.attempts,
         error_type=row.error_type,
         error_message=row.error_message or row.reason,
+        duration_ms=row.duration_ms,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from orchestration.constants import EXECUTION_FINAL
 from orchestration.errors import WaitTimeout
 from orchestration.report import ExecutionReport, build_report
 from orchestration.store.repository import Store
@@ -42,17 +43,28 @@ class ExecutionHandle:
     def wait(
         self, timeout: float | None = None, on_progress: ProgressCallback | None = None
     ) -> ExecutionReport:
-        """Block until the execution finishes; raise WaitTimeout after ``timeout`` seconds."""
+        """Block until the execution finishes; raise WaitTimeout after ``timeout`` seconds.
+
+        Without a progress callback only the status is polled, starting at 2 ms and
+        backing off to the poll interval: short runs are seen at once, long ones cost
+        one small query per interval, whatever their size.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.002 if on_progress is None else self._poll_interval
         while True:
-            report = self.report()
             if on_progress is not None:
+                report = self.report()
                 on_progress(report)
-            if report.finished:
-                return report
+                if report.finished:
+                    return report
+            elif self._store.execution_status(self.execution_id) in EXECUTION_FINAL:
+                return self.report()
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(self.execution_id, timeout or 0.0)
-            time.sleep(self._poll_interval)
+            time.sleep(
+                pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
+            )
+            pause = min(self._poll_interval, pause * 1.5)
 
     def result(self, timeout: float | None = None) -> object:
         """Wait and return the execution's output."""

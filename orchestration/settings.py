@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # kombu re-queues a dead worker's unacknowledged messages once they are older than
     # the visibility timeout; scan for them this often (kombu's default is ~100 s).
     unacked_restore_interval: float = Field(default=2.0, gt=0)
+    # Each worker remembers a closed breaker this long (0 disables): the gate then costs
+    # no database read. Another worker's opening is seen within this time.
+    breaker_cache_ttl: float = Field(default=0.25, ge=0)
     worker_concurrency: int = 2
     # Embedded mode polls the in-memory queue; kombu's default of 1 s makes every hop slow.
     embedded_polling_interval: float = 0.01

@@ -6,7 +6,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from celery import signature
 from celery._state import _set_task_join_will_block, task_join_will_block
+from celery.canvas import Signature
 
 from orchestration.constants import START_TASK
 from orchestration.handle import ExecutionHandle
@@ -17,6 +19,7 @@ from orchestration.settings import get_settings
 from orchestration.spec import TeamSpec
 from orchestration.store.breakers import BreakerStore
 from orchestration.team_file import load_team, parse_team
+from workflows.canvas import compile_canvas
 from workflows.plan import ExecutionPlan, build_plan
 
 
@@ -46,7 +49,18 @@ class Team:
         spec = self.spec.model_dump(mode="json")
         runtime.store.register_agents(self.name, spec["agents"])
         runtime.store.create_execution(execution_id, spec, self.plan, input)
-        publish_start(runtime, execution_id)
+        if len(self.plan.levels[0]) == 1:
+            canvas = compile_canvas(self.plan, execution_id, runtime.settings.queue, runtime.app)
+        else:
+            # Applying a chord subscribes its publisher to every member's result: let a
+            # worker apply it (one short hop) instead of this client.
+            canvas = signature(
+                START_TASK,
+                args=(execution_id,),
+                app=runtime.app,
+                options={"queue": runtime.settings.queue},
+            )
+        publish(runtime, canvas)
         return runtime.handle(execution_id)
 
     def open_breakers(self) -> dict[str, str]:
@@ -65,17 +79,17 @@ class Team:
         return self.enqueue(input).wait(timeout)
 
 
-def publish_start(runtime: Runtime, execution_id: str) -> None:
-    """Send one small `start` message; a worker compiles and publishes the canvas.
+def publish(runtime: Runtime, canvas: Signature) -> None:
+    """Send the execution's canvas without subscribing to its results.
 
-    The client then holds no chord state and needs no result subscriptions: status comes
-    from our tables, never from AsyncResult. Celery's Redis backend subscribes a publisher
-    to each task it sends unless it believes it is inside a worker, so say so.
+    Status comes from our tables, never from AsyncResult; but Celery's Redis backend
+    subscribes a publisher to each task it sends unless it believes it is inside a worker,
+    which leaks a subscription per task and unsubscribes noisily at exit. So say so.
     """
     before = task_join_will_block()
     _set_task_join_will_block(True)
     try:
-        runtime.app.send_task(START_TASK, args=(execution_id,), queue=runtime.settings.queue)
+        canvas.apply_async()
     finally:
         _set_task_join_will_block(before)
 

@@ -12,7 +12,6 @@ from orchestration.agents.python_callable import load_target
 from orchestration.errors import AgentLoadError, TeamFileError
 from orchestration.spec import SpecProblem, TeamSpec
 
-
 _SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

@@ -27,14 +27,14 @@ from orchestration.constants import (
     SKIPPED,
     STEP_FINAL,
 )
-from orchestration.envelope import Envelope, envelope_of
+from orchestration.envelope import Envelope, StepState, envelope_of
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import Failure, classify
 from orchestration.resilience.time_limit import HeartbeatMonitor, call_with_time_limit
 from orchestration.spec import AgentSpec, StepSpec, TeamSpec, WhenOpen
-from orchestration.store.breakers import Admission, BreakerStore, aware
-from orchestration.store.models import StepRow
+from orchestration.store.breaker_cache import CachedBreakers
+from orchestration.store.breakers import Admission, aware
 from orchestration.store.repository import AttemptError, Store, now
 from workflows.conditions import compile_condition
 from workflows.plan import ExecutionPlan, PlannedStep, build_plan
@@ -70,6 +70,9 @@ class Delivery:
 @dataclass(frozen=True)
 class Limits:
     lease_interval: float = 5.0
+    # No countdown may reach the broker's visibility timeout: the message would be
+    # delivered twice (a Retry-After or a breaker cool-down can ask for long waits).
+    max_countdown: float = float("inf")
 
     @property
     def lease_ttl(self) -> float:
@@ -90,7 +93,7 @@ def load_context(store: Store, execution_id: str) -> ExecutionContext:
 
 
 class Delegation:
-    def __init__(self, store: Store, breakers: BreakerStore, limits: Limits) -> None:
+    def __init__(self, store: Store, breakers: CachedBreakers, limits: Limits) -> None:
         self.store = store
         self.breakers = breakers
         self.limits = limits
@@ -100,12 +103,12 @@ class Delegation:
         store = self.store
         context = load_context(store, delivery.execution_id)
         step = context.plan.step(delivery.step_id)
-        rows = store.steps_by_id(delivery.execution_id, (step.id, *step.visible))
+        execution_status, rows = store.delegation_state(delivery.execution_id, step.id, step.level)
         row = rows[step.id]
         if row.status in STEP_FINAL:
             # A redelivered message for a step already done: return what was recorded.
             return envelope_of(row)
-        if store.execution_status(delivery.execution_id) == CANCELLED:
+        if execution_status == CANCELLED:
             return self._without_call(row, CANCELLED, None, "execution cancelled")
         if row.status == PENDING:
             blocked_by = _failed_dependency(step, rows)
@@ -120,7 +123,13 @@ class Delegation:
                     return self._without_call(row, SKIPPED, SKIP_CONDITION, outcome.reason)
 
         attempt = delivery.attempt
-        recorded = store.attempt_row(delivery.execution_id, step.id, attempt)
+        # begin_attempt raises `attempts` with the attempt row, so a lower count means
+        # this attempt was never recorded: no need to look.
+        recorded = (
+            store.attempt_row(delivery.execution_id, step.id, attempt)
+            if row.attempts >= attempt
+            else None
+        )
         if recorded is not None:
             if recorded.outcome is not None:
                 return None  # this attempt ended; its successor was queued separately
@@ -128,7 +137,7 @@ class Delegation:
             remaining = self.limits.lease_ttl - lease_age.total_seconds()
             if remaining > 0:
                 # Maybe still running elsewhere: look again when its lease would expire.
-                return RetryLater(remaining + 0.1, attempt, delivery.previous_delay)
+                return self._later(remaining + 0.1, attempt, delivery.previous_delay)
             store.mark_attempt_lost(delivery.execution_id, step.id, attempt)
             attempt = max(attempt, row.attempts) + 1
 
@@ -148,16 +157,22 @@ class Delegation:
                 return routed
             agent_name, agent, admission = routed
 
-        if not store.begin_attempt(
+        begun = store.begin_attempt(
             delivery.execution_id,
             step.id,
             agent_name,
             attempt,
             delivery.task_id,
             delivery.worker,
-        ):
+            execution_pending=execution_status == PENDING,
+        )
+        if begun == "cancelled":
+            if admission.trial:
+                self.breakers.store.release_trial(agent_name)
+            return self._without_call(row, CANCELLED, None, "execution cancelled")
+        if begun == "duplicate":
             # Another copy of this message started the same attempt a moment ago.
-            return RetryLater(self.limits.lease_ttl, attempt, delivery.previous_delay)
+            return self._later(self.limits.lease_ttl, attempt, delivery.previous_delay)
         return self._call(
             context,
             step,
@@ -178,7 +193,7 @@ class Delegation:
         context: ExecutionContext,
         step: PlannedStep,
         spec_step: StepSpec,
-        rows: dict[str, StepRow],
+        rows: dict[str, StepState],
         agent_name: str,
         agent: AgentSpec,
         admission: Admission,
@@ -242,12 +257,23 @@ class Delegation:
             failed=is_failure(agent.breaker, False, seconds),
             trial=admission.trial,
         )
-        store.record_success(execution_id, step.id, attempt, result.output, int(seconds * 1000))
-        return self._envelope(execution_id, step.id)
+        started_at = aware(rows[step.id].started_at)
+        step_ms = store.record_success(
+            execution_id, step.id, attempt, result.output, int(seconds * 1000), started_at
+        )
+        return Envelope(
+            execution_id=execution_id,
+            step_id=step.id,
+            status=COMPLETED,
+            attempts=attempt,
+            error_type=None,
+            error_message=None,
+            duration_ms=step_ms,
+        )
 
     def _after_failure(
         self,
-        row: StepRow,
+        row: StepState,
         agent: AgentSpec,
         spec_step: StepSpec,
         attempt: int,
@@ -269,7 +295,7 @@ class Delegation:
                 store.record_retry(
                     row.execution_id, row.step_id, attempt, elapsed_ms, error, retry_at
                 )
-                return RetryLater(delay, attempt + 1, delay)
+                return self._later(delay, attempt + 1, delay)
             error = AttemptError(
                 type=failure.type,
                 message=f"{failure.message} (no retry: step deadline of "
@@ -284,7 +310,7 @@ class Delegation:
     def _when_open(
         self,
         context: ExecutionContext,
-        row: StepRow,
+        row: StepState,
         agent_name: str,
         agent: AgentSpec,
         admission: Admission,
@@ -307,7 +333,7 @@ class Delegation:
                     row.execution_id, row.step_id, wait_until, f"{reason}; waiting"
                 )
                 countdown = max(0.0, (wait_until - now()).total_seconds())
-                return RetryLater(countdown, attempt, delivery.previous_delay)
+                return self._later(countdown, attempt, delivery.previous_delay)
             reason = f"{reason}, past the step's deadline"
         error = AttemptError(type="CircuitOpen", message=reason, outcome="rejected")
         self.store.record_rejection(
@@ -323,8 +349,11 @@ class Delegation:
 
     # --- helpers ----------------------------------------------------------------------
 
+    def _later(self, countdown: float, attempt: int, previous: float | None) -> RetryLater:
+        return RetryLater(min(countdown, self.limits.max_countdown), attempt, previous)
+
     def _fail(
-        self, row: StepRow, attempt: int, delivery: Delivery, error: AttemptError
+        self, row: StepState, attempt: int, delivery: Delivery, error: AttemptError
     ) -> Envelope:
         self.store.record_rejection(
             row.execution_id,
@@ -337,7 +366,9 @@ class Delegation:
         )
         return self._envelope(row.execution_id, row.step_id)
 
-    def _without_call(self, row: StepRow, status: str, cause: str | None, reason: str) -> Envelope:
+    def _without_call(
+        self, row: StepState, status: str, cause: str | None, reason: str
+    ) -> Envelope:
         self.store.finish_step_without_call(row.execution_id, row.step_id, status, cause, reason)
         return self._envelope(row.execution_id, row.step_id)
 
@@ -345,7 +376,7 @@ class Delegation:
         return envelope_of(self.store.steps_by_id(execution_id, [step_id])[step_id])
 
 
-def _deadline(row: StepRow, spec_step: StepSpec) -> datetime | None:
+def _deadline(row: StepState, spec_step: StepSpec) -> datetime | None:
     if spec_step.deadline is None:
         return None
     started = aware(row.started_at) or now()
@@ -360,7 +391,7 @@ def _deadline_error(spec_step: StepSpec) -> AttemptError:
     )
 
 
-def _step_input(context: ExecutionContext, step: PlannedStep, rows: dict[str, StepRow]) -> Any:
+def _step_input(context: ExecutionContext, step: PlannedStep, rows: dict[str, StepState]) -> Any:
     if step.input_from is None:
         return context.input
     upstream = rows[step.input_from]
@@ -374,7 +405,7 @@ def _step_input(context: ExecutionContext, step: PlannedStep, rows: dict[str, St
     return context.input
 
 
-def _failed_dependency(step: PlannedStep, rows: dict[str, StepRow]) -> str | None:
+def _failed_dependency(step: PlannedStep, rows: dict[str, StepState]) -> str | None:
     for dep in step.deps:
         row = rows[dep]
         if row.status in (FAILED, CANCELLED):
@@ -384,7 +415,7 @@ def _failed_dependency(step: PlannedStep, rows: dict[str, StepRow]) -> str | Non
     return None
 
 
-def _condition_view(row: StepRow) -> dict[str, Any]:
+def _condition_view(row: StepState) -> dict[str, Any]:
     view: dict[str, Any] = {"status": row.status}
     if row.status == COMPLETED:
         view["output"] = row.output

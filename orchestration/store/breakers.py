@@ -154,6 +154,23 @@ class BreakerStore:
                 )
         raise RuntimeError(f"breaker {key!r}: too much contention")  # pragma: no cover
 
+    @_retrying
+    def release_trial(self, key: str) -> None:
+        """Give back a HALF_OPEN trial slot that was claimed but never used."""
+        with self._store.session() as session, session.begin():
+            session.execute(
+                plain_update(BreakerRow)
+                .where(
+                    BreakerRow.key == key,
+                    BreakerRow.state == HALF_OPEN,
+                    BreakerRow.half_open_calls > 0,
+                )
+                .values(
+                    half_open_calls=BreakerRow.half_open_calls - 1,
+                    version=BreakerRow.version + 1,
+                )
+            )
+
     def record_call(
         self,
         key: str,

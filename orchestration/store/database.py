@@ -47,7 +47,10 @@ def _create(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # No pre-ping: it costs a round trip per checkout. A connection that died with the
+    # server fails its statement, SQLAlchemy invalidates the pool, and the store's
+    # writes retry on a fresh connection.
+    return create_engine(url, pool_size=5, max_overflow=10)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

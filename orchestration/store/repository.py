@@ -6,6 +6,7 @@ an outage delays a run instead of failing it or losing its records.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,7 +94,10 @@ class Store:
     def __init__(self, url: str, engine: Engine | None = None) -> None:
         self.url = url
         self.engine = engine or get_engine(url)
+        # Single-statement reads need no transaction: no BEGIN, no ROLLBACK round trip.
+        self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._registered: set[tuple[str, str]] = set()
 
     def session(self) -> Session:
         return self._session()
@@ -162,6 +166,27 @@ class Store:
                     .order_by(StepRow.position)
                 )
             )
+
+    @_retrying
+    def delegation_state(
+        self, execution_id: str, step_id: str, level: int
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Everything a delegation reads, in one statement: the execution's status, this
+        step's row and the rows of every step in earlier levels (its possible ancestors)."""
+        steps = StepRow.__table__
+        status = (
+            select(ExecutionRow.status).where(ExecutionRow.id == execution_id).scalar_subquery()
+        )
+        query = select(steps, status.label("execution_status")).where(
+            steps.c.execution_id == execution_id,
+            or_(steps.c.step_id == step_id, steps.c.level < level),
+        )
+        with self.reader.connect() as connection:
+            rows = {row.step_id: row for row in connection.execute(query)}
+        mine = rows.get(step_id)
+        if mine is None:
+            raise ExecutionNotFound(execution_id)
+        return mine.execution_status, rows
 
     @_retrying
     def steps_by_id(self, execution_id: str, step_ids: Iterable[str]) -> dict[str, StepRow]:
@@ -235,13 +260,25 @@ class Store:
         attempt: int,
         task_id: str | None,
         worker: str | None,
-    ) -> bool:
-        """Record that an attempt starts. False if this attempt was already recorded."""
+        *,
+        execution_pending: bool = True,
+    ) -> str:
+        """Record that an attempt starts, in one transaction.
+
+        Returns "started"; "duplicate" if this attempt was already recorded; "cancelled"
+        if the execution was cancelled since the caller looked (the check is repeated
+        here so a stop that lands in between still prevents the call).
+        """
         stamp = now()
+        not_cancelled = (
+            select(ExecutionRow.id)
+            .where(ExecutionRow.id == execution_id, ExecutionRow.status != CANCELLED)
+            .exists()
+        )
         try:
-            with self.session() as session, session.begin():
-                session.add(
-                    AttemptRow(
+            with self.engine.begin() as connection:
+                connection.execute(
+                    insert(AttemptRow).values(
                         execution_id=execution_id,
                         step_id=step_id,
                         attempt=attempt,
@@ -251,29 +288,28 @@ class Store:
                         started_at=stamp,
                     )
                 )
-                session.flush()
-                session.execute(
-                    plain_update(StepRow)
-                    .where(StepRow.execution_id == execution_id, StepRow.step_id == step_id)
-                    .values(status=RUNNING, attempts=attempt, next_attempt_at=None)
-                )
-                session.execute(
-                    plain_update(StepRow)
-                    .where(
-                        StepRow.execution_id == execution_id,
-                        StepRow.step_id == step_id,
-                        StepRow.started_at.is_(None),
+                claimed = connection.execute(
+                    _unfinished_step(execution_id, step_id)
+                    .where(not_cancelled)
+                    .values(
+                        status=RUNNING,
+                        attempts=attempt,
+                        next_attempt_at=None,
+                        started_at=func.coalesce(StepRow.started_at, stamp),
                     )
-                    .values(started_at=stamp)
                 )
-                session.execute(
-                    plain_update(ExecutionRow)
-                    .where(ExecutionRow.id == execution_id, ExecutionRow.status == PENDING)
-                    .values(status=RUNNING, started_at=stamp)
-                )
+                if not claimed.rowcount:
+                    connection.rollback()
+                    return "cancelled"
+                if execution_pending:
+                    connection.execute(
+                        plain_update(ExecutionRow)
+                        .where(ExecutionRow.id == execution_id, ExecutionRow.status == PENDING)
+                        .values(status=RUNNING, started_at=stamp)
+                    )
         except IntegrityError:
-            return False
-        return True
+            return "duplicate"
+        return "started"
 
     @_retrying
     def attempt_row(self, execution_id: str, step_id: str, attempt: int) -> AttemptRow | None:
@@ -288,20 +324,39 @@ class Store:
 
     @_retrying
     def record_success(
-        self, execution_id: str, step_id: str, attempt: int, output: Any, duration_ms: int
-    ) -> None:
+        self,
+        execution_id: str,
+        step_id: str,
+        attempt: int,
+        output: Any,
+        duration_ms: int,
+        step_started_at: datetime | None = None,
+    ) -> int:
+        """Close the attempt and complete the step in one transaction. Returns the step's
+        duration in ms (from its first start, when known)."""
         stamp = now()
-        with self.session() as session, session.begin():
-            self._close_attempt(
-                session, execution_id, step_id, attempt, stamp, duration_ms, OUTCOME_SUCCESS, None
+        step_ms = _elapsed_ms(step_started_at, stamp, duration_ms)
+        with self.engine.begin() as connection:
+            connection.execute(
+                plain_update(AttemptRow)
+                .where(
+                    AttemptRow.execution_id == execution_id,
+                    AttemptRow.step_id == step_id,
+                    AttemptRow.attempt == attempt,
+                )
+                .values(finished_at=stamp, duration_ms=duration_ms, outcome=OUTCOME_SUCCESS)
             )
-            step = session.get(StepRow, (execution_id, step_id))
-            assert step is not None
-            step.status = COMPLETED
-            step.output = output
-            step.error_type = step.error_message = None
-            step.finished_at = stamp
-            step.duration_ms = _elapsed_ms(step.started_at, stamp, duration_ms)
+            connection.execute(
+                _unfinished_step(execution_id, step_id).values(
+                    status=COMPLETED,
+                    output=output,
+                    error_type=None,
+                    error_message=None,
+                    finished_at=stamp,
+                    duration_ms=step_ms,
+                )
+            )
+        return step_ms
 
     @_retrying
     def record_retry(
@@ -525,6 +580,13 @@ class Store:
     @_retrying
     def register_agents(self, team: str, agents: dict[str, dict[str, Any]]) -> None:
         """Remember the team's agents so the heartbeat knows whom to probe."""
+        fingerprint = (team, json.dumps(agents, sort_keys=True))
+        if fingerprint in self._registered:
+            return  # this process registered exactly these agents already
+        self._register(team, agents)
+        self._registered.add(fingerprint)
+
+    def _register(self, team: str, agents: dict[str, dict[str, Any]]) -> None:
         stamp = now()
         with self.session() as session, session.begin():
             for name, spec in agents.items():

@@ -155,10 +155,8 @@ def epoch(value: datetime) -> float:
 
 
 def finalize_count(service: Service, execution_id: str) -> int:
-    """How often the worker logged this execution's finalize task (the last message)."""
-    return len(
-        re.findall(rf"troupe\.finalize\[[^\]]+\] succeeded in .*'{execution_id}'", service.log())
-    )
+    """How often the worker finalized this execution (the last message of a canvas)."""
+    return len(re.findall(rf"execution {execution_id} finalized", service.log()))
 
 
 def finalized(service: Service, execution_id: str) -> bool:

@@ -1,4 +1,5 @@
-"""compile_canvas: one delegation or one chord per level, then finalize. Nothing is published."""
+"""compile_canvas: one delegation or one chord per level; the last level finalizes the
+execution itself (finalize=True). Nothing is published."""
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ EXECUTION = "exec-42"
 QUEUE = "team-queue"
 
 
-def canvas_for(strategy, *steps):
+def plan_for(strategy, *steps):
     """Each step: (id, agent) or (id, agent, after)."""
     rows = [
         {"id": s[0], "agent": s[1], **({"after": list(s[2])} if len(s) > 2 else {})} for s in steps
@@ -22,14 +23,19 @@ def canvas_for(strategy, *steps):
         "agents": {name: {"target": "json:dumps"} for name in ("scout", "judge")},
         "workflow": {"strategy": strategy, "steps": rows},
     }
-    plan = build_plan(parse_team(yaml.safe_dump(data), source="team.yaml"))
-    return compile_canvas(plan, EXECUTION, QUEUE)
+    return build_plan(parse_team(yaml.safe_dump(data), source="team.yaml"))
 
 
-def assert_delegation(sig, step_id, agent):
+def canvas_for(strategy, *steps):
+    return compile_canvas(plan_for(strategy, *steps), EXECUTION, QUEUE)
+
+
+def assert_delegation(sig, step_id, agent, *, finalizes=False, attempt=1):
     assert isinstance(sig, Signature) and not isinstance(sig, _chord)
     assert sig.task == "troupe.delegate"
     assert sig.args == (EXECUTION, step_id)
+    assert sig.kwargs.get("attempt") == attempt
+    assert bool(sig.kwargs.get("finalize")) is finalizes
     assert sig.immutable is True
     assert sig.options["queue"] == QUEUE
     assert sig.options["shadow"] == f"agent:{agent}"
@@ -42,33 +48,31 @@ def assert_finalize(sig):
     assert sig.options["queue"] == QUEUE
 
 
-def assert_join_chord(part, level_index, members):
+def assert_join_chord(part, level_index, members, *, finalizes=False):
     assert isinstance(part, _chord)
     assert len(part.tasks) == len(members)
     for sig, (step_id, agent) in zip(part.tasks, members, strict=True):
         assert_delegation(sig, step_id, agent)
     assert part.body.task == "troupe.join"
     assert part.body.args == (EXECUTION, level_index)
+    assert part.body.kwargs == {"finalize": finalizes}
     assert part.body.options["queue"] == QUEUE
     # The join receives the level's results, so it is the one mutable signature.
     assert part.body.immutable is False
 
 
-def test_sequential_is_a_chain_of_delegations_then_finalize():
+def test_sequential_is_a_chain_whose_last_delegation_finalizes():
     canvas = canvas_for("sequential", ("a", "scout"), ("b", "judge"), ("c", "scout"))
     assert isinstance(canvas, _chain)
-    *delegations, last = canvas.tasks
-    expected = [("a", "scout"), ("b", "judge"), ("c", "scout")]
-    for sig, (step_id, agent) in zip(delegations, expected, strict=True):
-        assert_delegation(sig, step_id, agent)
-    assert_finalize(last)
+    first, second, last = canvas.tasks
+    assert_delegation(first, "a", "scout")
+    assert_delegation(second, "b", "judge")
+    assert_delegation(last, "c", "scout", finalizes=True)
 
 
-def test_parallel_is_one_chord_joined_at_level_zero():
+def test_parallel_is_one_chord_whose_join_finalizes():
     canvas = canvas_for("parallel", ("a", "scout"), ("b", "judge"))
-    assert len(canvas.tasks) == 2
-    assert_join_chord(canvas.tasks[0], 0, [("a", "scout"), ("b", "judge")])
-    assert_finalize(canvas.tasks[1])
+    assert_join_chord(canvas, 0, [("a", "scout"), ("b", "judge")], finalizes=True)
 
 
 def test_diamond_dag_mixes_single_delegations_and_a_chord():
@@ -79,16 +83,26 @@ def test_diamond_dag_mixes_single_delegations_and_a_chord():
         ("c", "scout", ["a"]),
         ("d", "judge", ["b", "c"]),
     )
-    first, middle, last, final = canvas.tasks
+    first, middle, last = canvas.tasks
     assert_delegation(first, "a", "scout")
     assert_join_chord(middle, 1, [("b", "judge"), ("c", "scout")])
-    assert_delegation(last, "d", "judge")
-    assert_finalize(final)
+    assert_delegation(last, "d", "judge", finalizes=True)
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "parallel", "dag"])
-def test_single_step_team(strategy):
+def test_single_step_team_is_one_finalizing_delegation(strategy):
     canvas = canvas_for(strategy, ("only", "judge"))
-    first, final = canvas.tasks
-    assert_delegation(first, "only", "judge")
-    assert_finalize(final)
+    assert_delegation(canvas, "only", "judge", finalizes=True)
+
+
+def test_resuming_publishes_only_unfinished_levels_with_their_next_attempts():
+    plan = plan_for("sequential", ("a", "scout"), ("b", "scout"), ("c", "scout"))
+    canvas = compile_canvas(plan, EXECUTION, QUEUE, from_level=1, attempts={"b": 3})
+    second, last = canvas.tasks
+    assert_delegation(second, "b", "scout", attempt=3)
+    assert_delegation(last, "c", "scout", finalizes=True)
+
+
+def test_resuming_with_every_step_finished_only_finalizes():
+    plan = plan_for("sequential", ("a", "scout"))
+    assert_finalize(compile_canvas(plan, EXECUTION, QUEUE, from_level=1))

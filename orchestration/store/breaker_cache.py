@@ -1,0 +1,81 @@
+"""A per-process cache in front of the shared breakers, for the hot path.
+
+Only a CLOSED breaker is cached, for ``ttl`` seconds: while it is closed, a delegation
+needs no database read to pass the gate, and a success with no failures to forget needs no
+write. Every transition this process makes invalidates the entry; transitions made by
+other workers are seen within ``ttl``. OPEN and HALF_OPEN always go to the database,
+so trial admissions stay exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+
+from orchestration.resilience.breaker import CLOSED, BreakerSnapshot
+from orchestration.spec import BreakerPolicy
+from orchestration.store.breakers import Admission, BreakerStore
+
+
+class CachedBreakers:
+    def __init__(self, breakers: BreakerStore, ttl: float) -> None:
+        self.store = breakers
+        self.ttl = ttl
+        self._closed: dict[str, tuple[float, BreakerSnapshot]] = {}
+        self._lock = threading.Lock()
+
+    def _cached(self, key: str) -> BreakerSnapshot | None:
+        if self.ttl <= 0:
+            return None
+        with self._lock:
+            entry = self._closed.get(key)
+        if entry is None or time.monotonic() - entry[0] > self.ttl:
+            return None
+        return entry[1]
+
+    def _remember(self, key: str) -> None:
+        if self.ttl <= 0:
+            return
+        view = self.store.get(key)
+        snapshot = view.snapshot if view is not None else BreakerSnapshot()
+        with self._lock:
+            if snapshot.state == CLOSED:
+                self._closed[key] = (time.monotonic(), snapshot)
+            else:
+                self._closed.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._closed.pop(key, None)
+
+    def admit(self, key: str, policy: BreakerPolicy) -> Admission:
+        if self._cached(key) is not None:
+            return Admission(allowed=True)
+        admission = self.store.admit(key, policy)
+        if admission.allowed and not admission.trial:
+            self._remember(key)
+        return admission
+
+    def record_call(
+        self,
+        key: str,
+        policy: BreakerPolicy,
+        *,
+        failed: bool,
+        trial: bool,
+        error: str | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        cached = self._cached(key)
+        quiet = (
+            cached is not None
+            and not failed
+            and not trial
+            and cached.consecutive_failures == 0
+            and policy.failure_rate is None
+        )
+        if quiet:
+            return CLOSED  # a success on a clean closed breaker changes nothing
+        self.forget(key)
+        return self.store.record_call(key, policy, failed=failed, trial=trial, error=error, at=at)
