@@ -24,7 +24,6 @@ from tenacity import (
 
 from orchestration.constants import (
     CANCELLED,
-    COMPLETED,
     EXECUTION_FINAL,
     FAILED,
     OUTCOME_LOST,
@@ -37,6 +36,7 @@ from orchestration.constants import (
     STEP_FINAL,
 )
 from orchestration.errors import ExecutionNotFound
+from orchestration.store import hot_statements as hot
 from orchestration.store.database import get_engine
 from orchestration.store.models import AgentRow, AttemptRow, ExecutionRow, HeartbeatRow, StepRow
 from workflows.plan import ExecutionPlan
@@ -173,16 +173,9 @@ class Store:
     ) -> tuple[str | None, dict[str, Any]]:
         """Everything a delegation reads, in one statement: the execution's status, this
         step's row and the rows of every step in earlier levels (its possible ancestors)."""
-        steps = StepRow.__table__
-        status = (
-            select(ExecutionRow.status).where(ExecutionRow.id == execution_id).scalar_subquery()
-        )
-        query = select(steps, status.label("execution_status")).where(
-            steps.c.execution_id == execution_id,
-            or_(steps.c.step_id == step_id, steps.c.level < level),
-        )
+        params = {"eid": execution_id, "sid": step_id, "lvl": level}
         with self.reader.connect() as connection:
-            rows = {row.step_id: row for row in connection.execute(query)}
+            rows = {row.step_id: row for row in connection.execute(hot.DELEGATION_STATE, params)}
         mine = rows.get(step_id)
         if mine is None:
             raise ExecutionNotFound(execution_id)
@@ -270,43 +263,27 @@ class Store:
         here so a stop that lands in between still prevents the call).
         """
         stamp = now()
-        not_cancelled = (
-            select(ExecutionRow.id)
-            .where(ExecutionRow.id == execution_id, ExecutionRow.status != CANCELLED)
-            .exists()
-        )
+        keys = {"eid": execution_id, "sid": step_id, "ts": stamp}
         try:
             with self.engine.begin() as connection:
                 connection.execute(
-                    insert(AttemptRow).values(
-                        execution_id=execution_id,
-                        step_id=step_id,
-                        attempt=attempt,
-                        agent=agent,
-                        task_id=task_id,
-                        worker=worker,
-                        started_at=stamp,
-                    )
+                    hot.INSERT_ATTEMPT,
+                    {
+                        "execution_id": execution_id,
+                        "step_id": step_id,
+                        "attempt": attempt,
+                        "agent": agent,
+                        "task_id": task_id,
+                        "worker": worker,
+                        "started_at": stamp,
+                    },
                 )
-                claimed = connection.execute(
-                    _unfinished_step(execution_id, step_id)
-                    .where(not_cancelled)
-                    .values(
-                        status=RUNNING,
-                        attempts=attempt,
-                        next_attempt_at=None,
-                        started_at=func.coalesce(StepRow.started_at, stamp),
-                    )
-                )
+                claimed = connection.execute(hot.CLAIM_STEP, {**keys, "att": attempt})
                 if not claimed.rowcount:
                     connection.rollback()
                     return "cancelled"
                 if execution_pending:
-                    connection.execute(
-                        plain_update(ExecutionRow)
-                        .where(ExecutionRow.id == execution_id, ExecutionRow.status == PENDING)
-                        .values(status=RUNNING, started_at=stamp)
-                    )
+                    connection.execute(hot.START_EXECUTION, keys)
         except IntegrityError:
             return "duplicate"
         return "started"
@@ -336,26 +313,12 @@ class Store:
         duration in ms (from its first start, when known)."""
         stamp = now()
         step_ms = _elapsed_ms(step_started_at, stamp, duration_ms)
+        keys = {"eid": execution_id, "sid": step_id, "ts": stamp}
         with self.engine.begin() as connection:
             connection.execute(
-                plain_update(AttemptRow)
-                .where(
-                    AttemptRow.execution_id == execution_id,
-                    AttemptRow.step_id == step_id,
-                    AttemptRow.attempt == attempt,
-                )
-                .values(finished_at=stamp, duration_ms=duration_ms, outcome=OUTCOME_SUCCESS)
+                hot.CLOSE_ATTEMPT_SUCCESS, {**keys, "att": attempt, "ms": duration_ms}
             )
-            connection.execute(
-                _unfinished_step(execution_id, step_id).values(
-                    status=COMPLETED,
-                    output=output,
-                    error_type=None,
-                    error_message=None,
-                    finished_at=stamp,
-                    duration_ms=step_ms,
-                )
-            )
+            connection.execute(hot.COMPLETE_STEP, {**keys, "out": output, "step_ms_": step_ms})
         return step_ms
 
     @_retrying

@@ -1,0 +1,54 @@
+"""CI smoke-runs the benchmark suite at tiny sizes: it must run end to end and print the
+figures it promises. Figures are not judged here; speed is measured in bench/, not tested."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import subprocess_env
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIRED = {"benchmark", "troupe", "raw", "unit", "ratio"}
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(240)
+def test_quick_benchmarks_print_one_json_line_per_figure(redis_url: str, postgres_url: str) -> None:
+    sizes = ["latency=5", "depth=3", "fanout=4", "rejected=3", "embedded_steps=3", "warmup=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--only",
+        "latency,depth,fanout,breaker,embedded",
+        "--pairs",
+        "3",
+    ]
+    for size in sizes:
+        command += ["--size", size]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    figures = {(line["benchmark"], line.get("figure")) for line in lines}
+    assert {("latency", "p50"), ("depth", "seconds"), ("fanout", "seconds")} <= figures, figures
+    assert ("breaker", "rejected_dispatch") in figures, figures
+    for line in lines:
+        assert REQUIRED <= line.keys(), line
+        assert line.get("figure") != "error", line
+        if line["raw"] is not None and line["troupe"] is not None:
+            assert line["troupe"] > 0 and line["raw"] > 0, line
