@@ -36,6 +36,8 @@ class Envelope(TypedDict):
     error_type: str | None
     error_message: str | None
     duration_ms: int | None
+    # The execution's final status was recorded together with this step's result.
+    finalized: bool
 
 
 def envelope_of(row: StepState) -> Envelope:
@@ -47,4 +49,5 @@ def envelope_of(row: StepState) -> Envelope:
         error_type=row.error_type,
         error_message=row.error_message or row.reason,
         duration_ms=row.duration_ms,
+        finalized=False,
     )

@@ -37,6 +37,7 @@ from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
 from orchestration.store.repository import AttemptError, Store, now
 from workflows.conditions import compile_condition
+from workflows.outcome import StepRecord, decide_outcome
 from workflows.plan import ExecutionPlan, PlannedStep, build_plan
 
 
@@ -65,6 +66,8 @@ class Delivery:
     task_id: str | None = None
     worker: str | None = None
     previous_delay: float | None = None
+    # The last step of the execution: record the execution's end with its result.
+    finalize: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,8 +261,17 @@ class Delegation:
             trial=admission.trial,
         )
         started_at = aware(rows[step.id].started_at)
+        finish = (
+            self._outcome_with(context, rows, step.id, result.output) if delivery.finalize else None
+        )
         step_ms = store.record_success(
-            execution_id, step.id, attempt, result.output, int(seconds * 1000), started_at
+            execution_id,
+            step.id,
+            attempt,
+            result.output,
+            int(seconds * 1000),
+            started_at,
+            finish=finish,
         )
         return Envelope(
             execution_id=execution_id,
@@ -269,7 +281,28 @@ class Delegation:
             error_type=None,
             error_message=None,
             duration_ms=step_ms,
+            finalized=finish is not None,
         )
+
+    @staticmethod
+    def _outcome_with(
+        context: ExecutionContext, rows: dict[str, StepState], step_id: str, output: Any
+    ) -> tuple[str, Any, str | None] | None:
+        """The execution's outcome once this (last) step completes, from the rows already
+        read; None if they do not cover every step (then finalize reads them afresh)."""
+        if len(rows) != len(context.plan.steps):
+            return None
+        records = {
+            sid: StepRecord(
+                status=row.status,
+                output=row.output,
+                error=f"{row.error_type}: {row.error_message}" if row.error_type else row.reason,
+            )
+            for sid, row in rows.items()
+        }
+        records[step_id] = StepRecord(status=COMPLETED, output=output, error=None)
+        outcome = decide_outcome(context.plan, records)
+        return outcome.status, outcome.output, outcome.error
 
     def _after_failure(
         self,

@@ -99,6 +99,7 @@ def delegate(
             task_id=self.request.id,
             worker=self.request.hostname,
             previous_delay=previous_delay,
+            finalize=finalize,
         )
     )
     if decision is None:
@@ -115,7 +116,9 @@ def delegate(
             },
             max_retries=None,
         )
-    if finalize:
+    if decision["finalized"]:
+        log.info("execution %s finalized: with its last step", execution_id)
+    elif finalize:
         finish_execution(execution_id)
     return decision
 

@@ -92,3 +92,18 @@ COMPLETE_STEP: Final[Any] = (
         duration_ms=bindparam("step_ms_"),
     )
 )
+
+# An execution's end, recorded once: a redelivered last step finds it already final.
+FINISH_EXECUTION: Final[Any] = (
+    update(_executions)
+    .where(
+        _executions.c.id == bindparam("eid"),
+        _executions.c.status.not_in(["completed", "failed", "cancelled"]),
+    )
+    .values(
+        status=bindparam("final_status"),
+        output=bindparam("final_output", type_=_executions.c.output.type),
+        error=bindparam("final_error"),
+        finished_at=bindparam("ts"),
+    )
+)

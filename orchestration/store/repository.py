@@ -308,9 +308,11 @@ class Store:
         output: Any,
         duration_ms: int,
         step_started_at: datetime | None = None,
+        finish: tuple[str, Any, str | None] | None = None,
     ) -> int:
-        """Close the attempt and complete the step in one transaction. Returns the step's
-        duration in ms (from its first start, when known)."""
+        """Close the attempt and complete the step in one transaction; with ``finish``
+        (status, output, error), the execution's end too. Returns the step's duration in
+        ms (from its first start, when known)."""
         stamp = now()
         step_ms = _elapsed_ms(step_started_at, stamp, duration_ms)
         keys = {"eid": execution_id, "sid": step_id, "ts": stamp}
@@ -319,6 +321,18 @@ class Store:
                 hot.CLOSE_ATTEMPT_SUCCESS, {**keys, "att": attempt, "ms": duration_ms}
             )
             connection.execute(hot.COMPLETE_STEP, {**keys, "out": output, "step_ms_": step_ms})
+            if finish is not None:
+                status, final_output, error = finish
+                connection.execute(
+                    hot.FINISH_EXECUTION,
+                    {
+                        "eid": execution_id,
+                        "ts": stamp,
+                        "final_status": status,
+                        "final_output": final_output,
+                        "final_error": error,
+                    },
+                )
         return step_ms
 
     @_retrying
