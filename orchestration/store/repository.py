@@ -62,6 +62,15 @@ def _unfinished_step(execution_id: str, step_id: str) -> Any:
     )
 
 
+def _attempt(execution_id: str, step_id: str, attempt: int) -> Any:
+    """UPDATE of one attempt of one step."""
+    return plain_update(AttemptRow).where(
+        AttemptRow.execution_id == execution_id,
+        AttemptRow.step_id == step_id,
+        AttemptRow.attempt == attempt,
+    )
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -397,13 +406,8 @@ class Store:
     def renew_lease(self, execution_id: str, step_id: str, attempt: int, progress: Any) -> None:
         with self.session() as session, session.begin():
             session.execute(
-                plain_update(AttemptRow)
-                .where(
-                    AttemptRow.execution_id == execution_id,
-                    AttemptRow.step_id == step_id,
-                    AttemptRow.attempt == attempt,
-                    AttemptRow.outcome.is_(None),
-                )
+                _attempt(execution_id, step_id, attempt)
+                .where(AttemptRow.outcome.is_(None))
                 .values(heartbeat_at=now(), progress=progress)
             )
 
@@ -412,13 +416,8 @@ class Store:
         """Close an attempt whose worker died. False if someone else closed it first."""
         with self.session() as session, session.begin():
             result = session.execute(
-                plain_update(AttemptRow)
-                .where(
-                    AttemptRow.execution_id == execution_id,
-                    AttemptRow.step_id == step_id,
-                    AttemptRow.attempt == attempt,
-                    AttemptRow.outcome.is_(None),
-                )
+                _attempt(execution_id, step_id, attempt)
+                .where(AttemptRow.outcome.is_(None))
                 .values(
                     outcome=OUTCOME_LOST,
                     finished_at=now(),
@@ -655,13 +654,7 @@ class Store:
         error: AttemptError | None,
     ) -> None:
         session.execute(
-            plain_update(AttemptRow)
-            .where(
-                AttemptRow.execution_id == execution_id,
-                AttemptRow.step_id == step_id,
-                AttemptRow.attempt == attempt,
-            )
-            .values(
+            _attempt(execution_id, step_id, attempt).values(
                 finished_at=stamp,
                 duration_ms=duration_ms,
                 outcome=outcome,
