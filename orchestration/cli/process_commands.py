@@ -67,13 +67,17 @@ def beat(loglevel: str, celery_args: tuple[str, ...]) -> int:
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--address", help="Interface to listen on (Flower's default: all).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, flower_args: tuple[str, ...]) -> int:
+def flower(port: int, address: str | None, flower_args: tuple[str, ...]) -> int:
     """Start the Flower dashboard; delegations appear under their agents' names."""
     _require_broker("flower")
     from workers.app import app
 
-    app.start(["flower", f"--port={port}", *flower_args])
+    argv = ["flower", f"--port={port}"]
+    if address:
+        argv.append(f"--address={address}")
+    app.start([*argv, *flower_args])
     return exit_codes.COMPLETED
 
 

@@ -1,0 +1,100 @@
+"""Flower, as an operator opens it: every delegation appears under its agent's name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.services import describe, run_manage
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tasks_seen(port: int) -> dict[str, Any]:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/api/tasks", timeout=2)
+    except httpx.HTTPError:
+        return {}
+    return response.json() if response.status_code == 200 else {}
+
+
+def test_flower_lists_each_delegation_under_its_agent_name(
+    distributed: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**distributed.env, "FLOWER_UNAUTHENTICATED_API": "1"}
+    log = (tmp_path / "flower.log").open("w")
+    flower = subprocess.Popen(
+        [sys.executable, "manage.py", "flower", "--port", str(port), "--address", "127.0.0.1"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("flower did not answer:\n" + (tmp_path / "flower.log").read_text())
+        time.sleep(1)  # let Flower's event receiver attach before the run
+        result = run_manage(
+            [
+                "run-team",
+                "examples/code_audit/team.yaml",
+                "--input",
+                "examples/code_audit/sample_project",
+                "--json",
+            ],
+            distributed.env,
+            timeout=60,
+        )
+        assert result.returncode == 0, describe(result)
+        wanted = {
+            "agent:syntax-scanner",
+            "agent:todo-scanner",
+            "agent:secret-scanner",
+            "agent:fixer",
+            "agent:reporter",
+        }
+        names: set[str] = set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not wanted <= names:
+            names = {str(task.get("name")) for task in tasks_seen(port).values()}
+            time.sleep(0.3)
+        assert wanted <= names, names
+        succeeded = [
+            task
+            for task in tasks_seen(port).values()
+            if str(task.get("name")).startswith("agent:") and task.get("state") == "SUCCESS"
+        ]
+        assert len(succeeded) >= len(wanted), succeeded
+    finally:
+        os.killpg(flower.pid, signal.SIGTERM)
+        try:
+            flower.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(flower.pid, signal.SIGKILL)
+        log.close()
