@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python manage.py run-team examples/code_audit/team.yaml --input examples/code_audit/sample_project
 
-test: $(VENV)/.installed
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
