@@ -85,6 +85,8 @@ def test_flower_lists_each_delegation_under_its_agent_name(
             names = {str(task.get("name")) for task in tasks_seen(port).values()}
             time.sleep(0.3)
         assert wanted <= names, names
+        # No delegation may show under the bare task name instead of its agent's.
+        assert "troupe.delegate" not in names, names
         succeeded = [
             task
             for task in tasks_seen(port).values()
