@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol, TypedDict
 
+from workflows.outcome import StepRecord
+
 
 class StepState(Protocol):
     """A step's recorded state: an ORM row or a plain result row of troupe_steps."""
@@ -51,3 +53,9 @@ def envelope_of(row: StepState) -> Envelope:
         duration_ms=row.duration_ms,
         finalized=False,
     )
+
+
+def record_of(row: StepState) -> StepRecord:
+    """What the outcome of an execution needs to know of one step."""
+    error = f"{row.error_type}: {row.error_message}" if row.error_type else row.reason
+    return StepRecord(status=row.status, output=row.output, error=error)

@@ -27,7 +27,7 @@ from orchestration.constants import (
     SKIPPED,
     STEP_FINAL,
 )
-from orchestration.envelope import Envelope, StepState, envelope_of
+from orchestration.envelope import Envelope, StepState, envelope_of, record_of
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import Failure, classify
@@ -292,14 +292,7 @@ class Delegation:
         read; None if they do not cover every step (then finalize reads them afresh)."""
         if len(rows) != len(context.plan.steps):
             return None
-        records = {
-            sid: StepRecord(
-                status=row.status,
-                output=row.output,
-                error=f"{row.error_type}: {row.error_message}" if row.error_type else row.reason,
-            )
-            for sid, row in rows.items()
-        }
+        records = {sid: record_of(row) for sid, row in rows.items()}
         records[step_id] = StepRecord(status=COMPLETED, output=output, error=None)
         outcome = decide_outcome(context.plan, records)
         return outcome.status, outcome.output, outcome.error

@@ -19,7 +19,7 @@ from orchestration.constants import (
     START_TASK,
     STEP_FINAL,
 )
-from orchestration.envelope import Envelope
+from orchestration.envelope import Envelope, record_of
 from orchestration.settings import get_settings
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import BreakerStore
@@ -31,7 +31,7 @@ from workers.health import run_heartbeat
 from workers.reaper import reap as reap_lost_work
 from workers.reaper import resume_attempts
 from workflows.canvas import compile_canvas
-from workflows.outcome import StepRecord, decide_outcome
+from workflows.outcome import decide_outcome
 
 log = logging.getLogger("troupe.worker")
 
@@ -146,14 +146,7 @@ def finish_execution(execution_id: str) -> dict[str, Any]:
     """Decide and record the execution's status and output (once; later calls no-op)."""
     state = store()
     plan = load_context(state, execution_id).plan
-    records = {
-        row.step_id: StepRecord(
-            status=row.status,
-            output=row.output,
-            error=f"{row.error_type}: {row.error_message}" if row.error_type else row.reason,
-        )
-        for row in state.steps(execution_id)
-    }
+    records = {row.step_id: record_of(row) for row in state.steps(execution_id)}
     outcome = decide_outcome(plan, records)
     first = state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
     # Operators (and the fault tests) read this line to see an execution end, and to see

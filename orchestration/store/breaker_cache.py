@@ -34,16 +34,11 @@ class CachedBreakers:
             return None
         return entry[1]
 
-    def _remember(self, key: str) -> None:
+    def _remember(self, key: str, snapshot: BreakerSnapshot) -> None:
         if self.ttl <= 0:
             return
-        view = self.store.get(key)
-        snapshot = view.snapshot if view is not None else BreakerSnapshot()
         with self._lock:
-            if snapshot.state == CLOSED:
-                self._closed[key] = (time.monotonic(), snapshot)
-            else:
-                self._closed.pop(key, None)
+            self._closed[key] = (time.monotonic(), snapshot)
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -53,8 +48,8 @@ class CachedBreakers:
         if self._cached(key) is not None:
             return Admission(allowed=True)
         admission = self.store.admit(key, policy)
-        if admission.allowed and not admission.trial:
-            self._remember(key)
+        if admission.closed is not None:
+            self._remember(key, admission.closed)
         return admission
 
     def record_call(

@@ -35,6 +35,8 @@ class Admission:
     state: str = CLOSED
     retry_at: datetime | None = None
     reason: str | None = None
+    # The state read when the breaker was closed (for the per-worker cache).
+    closed: BreakerSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ class BreakerStore:
             with self._store.session() as session, session.begin():
                 row = session.get(BreakerRow, key)
                 if row is None or row.state == CLOSED:
-                    return Admission(allowed=True)
+                    snapshot = BreakerSnapshot() if row is None else _snapshot(row)
+                    return Admission(allowed=True, closed=snapshot)
                 version = row.version
                 trial_at = aware(row.next_trial_at)
                 state = row.state
