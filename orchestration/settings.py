@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     reap_interval: float = Field(default=30.0, gt=0)
     # A running attempt renews its lease this often; one silent for 3 intervals is lost.
     lease_interval: float = Field(default=5.0, gt=0)
+    # An attempt still running after this long is recorded as started and its lease
+    # begins; a faster one is recorded once, when it ends (one write instead of two).
+    # A worker that dies inside this window leaves no marker: the message's redelivery
+    # or the stall check recovers the step, as for a message lost before it started.
+    lease_after: float = Field(default=0.05, ge=0)
     # An unfinished execution with nothing running, waiting or queued for this long is
     # resumed by the reaper (its messages were lost with a broker or a worker).
     stall_timeout: float = Field(default=120.0, gt=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -35,10 +35,15 @@ from orchestration.resilience.time_limit import HeartbeatMonitor, call_with_time
 from orchestration.spec import AgentSpec, StepSpec, TeamSpec, WhenOpen
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
-from orchestration.store.repository import AttemptError, Store, now
+from orchestration.store.repository import AttemptEnd, AttemptError, Store, now
 from workflows.conditions import compile_condition
 from workflows.outcome import StepRecord, decide_outcome
 from workflows.plan import ExecutionPlan, PlannedStep, build_plan
+
+
+class _NotOurs(Exception):
+    """Writing the attempt's start marker found that another copy of the message had
+    started the same attempt."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class Delivery:
 @dataclass(frozen=True)
 class Limits:
     lease_interval: float = 5.0
+    # An attempt still running after this is marked started (see Settings.lease_after).
+    lease_after: float = 0.05
     # No countdown may reach the broker's visibility timeout: the message would be
     # delivered twice (a Retry-After or a breaker cool-down can ask for long waits).
     max_countdown: float = float("inf")
@@ -160,22 +167,6 @@ class Delegation:
                 return routed
             agent_name, agent, admission = routed
 
-        begun = store.begin_attempt(
-            delivery.execution_id,
-            step.id,
-            agent_name,
-            attempt,
-            delivery.task_id,
-            delivery.worker,
-            execution_pending=execution_status == PENDING,
-        )
-        if begun == "cancelled":
-            if admission.trial:
-                self.breakers.store.release_trial(agent_name)
-            return self._without_call(row, CANCELLED, None, "execution cancelled")
-        if begun == "duplicate":
-            # Another copy of this message started the same attempt a moment ago.
-            return self._later(self.limits.lease_ttl, attempt, delivery.previous_delay)
         return self._call(
             context,
             step,
@@ -187,6 +178,7 @@ class Delegation:
             attempt,
             delivery,
             deadline,
+            execution_pending=execution_status == PENDING,
         )
 
     # --- the call ---------------------------------------------------------------------
@@ -203,6 +195,8 @@ class Delegation:
         attempt: int,
         delivery: Delivery,
         deadline: datetime | None,
+        *,
+        execution_pending: bool,
     ) -> Envelope | RetryLater:
         store = self.store
         execution_id = delivery.execution_id
@@ -220,6 +214,24 @@ class Delegation:
         limit = agent.timeout
         if deadline is not None:
             limit = max(0.001, min(limit, (deadline - now()).total_seconds()))
+
+        def mark_started() -> None:
+            begun = store.begin_attempt(
+                execution_id,
+                step.id,
+                agent_name,
+                attempt,
+                delivery.task_id,
+                delivery.worker,
+                execution_pending=execution_pending,
+                started_at=started_at,
+            )
+            # "cancelled": the stop came after the read; the call is under way, so its end
+            # is still audited, and the step keeps the status the stop gave it.
+            if begun == "duplicate":
+                raise _NotOurs
+
+        started_at = now()
         started = time.perf_counter()
         try:
             adapter = build_adapter(agent)
@@ -232,7 +244,16 @@ class Delegation:
                     execution_id, step.id, attempt, details
                 ),
                 lease_interval=self.limits.lease_interval,
+                still_running=mark_started,
+                still_running_after=self.limits.lease_after,
             )
+        except _NotOurs:
+            # Another copy of this message started the same attempt a moment ago: this
+            # call goes on in its helper thread, unrecorded; look again when the other
+            # copy's lease would have expired.
+            if admission.trial:
+                self.breakers.store.release_trial(agent_name)
+            return self._later(self.limits.lease_ttl, attempt, delivery.previous_delay)
         except Exception as exc:  # every agent failure is classified and recorded
             seconds = time.perf_counter() - started
             failure = classify(exc, agent.retry)
@@ -243,15 +264,29 @@ class Delegation:
                 trial=admission.trial,
                 error=f"{failure.type}: {failure.message}",
             )
+            end = AttemptEnd(
+                execution_id=execution_id,
+                step_id=step.id,
+                attempt=attempt,
+                agent=agent_name,
+                task_id=delivery.task_id,
+                worker=delivery.worker,
+                started_at=started_at,
+                duration_ms=int(seconds * 1000),
+                outcome=failure.outcome,
+                error=AttemptError(
+                    type=failure.type, message=failure.message, outcome=failure.outcome
+                ),
+            )
             return self._after_failure(
                 rows[step.id],
                 agent,
                 spec_step,
-                attempt,
+                end,
                 delivery,
                 failure,
-                int(seconds * 1000),
                 deadline,
+                execution_pending=execution_pending,
             )
         seconds = time.perf_counter() - started
         self.breakers.record_call(
@@ -260,19 +295,28 @@ class Delegation:
             failed=is_failure(agent.breaker, False, seconds),
             trial=admission.trial,
         )
-        started_at = aware(rows[step.id].started_at)
         finish = (
             self._outcome_with(context, rows, step.id, result.output) if delivery.finalize else None
         )
         step_ms = store.record_success(
-            execution_id,
-            step.id,
-            attempt,
+            AttemptEnd(
+                execution_id=execution_id,
+                step_id=step.id,
+                attempt=attempt,
+                agent=agent_name,
+                task_id=delivery.task_id,
+                worker=delivery.worker,
+                started_at=started_at,
+                duration_ms=int(seconds * 1000),
+            ),
             result.output,
-            int(seconds * 1000),
-            started_at,
+            step_started_at=aware(rows[step.id].started_at),
+            execution_pending=execution_pending,
             finish=finish,
         )
+        if step_ms is None:
+            # Cancelled while the agent ran, or decided by another copy: what is recorded.
+            return self._envelope(execution_id, step.id)
         return Envelope(
             execution_id=execution_id,
             step_id=step.id,
@@ -302,14 +346,15 @@ class Delegation:
         row: StepState,
         agent: AgentSpec,
         spec_step: StepSpec,
-        attempt: int,
+        end: AttemptEnd,
         delivery: Delivery,
         failure: Failure,
-        elapsed_ms: int,
         deadline: datetime | None,
+        *,
+        execution_pending: bool,
     ) -> Envelope | RetryLater:
         store = self.store
-        error = AttemptError(type=failure.type, message=failure.message, outcome=failure.outcome)
+        attempt = end.attempt
         # Attempts lost with a dead worker do not use up the retry budget.
         budget = agent.retry.max_attempts + store.lost_attempts(row.execution_id, row.step_id)
         if failure.transient and attempt < budget:
@@ -318,17 +363,20 @@ class Delegation:
                 delay = max(delay, failure.retry_after)
             retry_at = now() + timedelta(seconds=delay)
             if deadline is None or retry_at < deadline:
-                store.record_retry(
-                    row.execution_id, row.step_id, attempt, elapsed_ms, error, retry_at
-                )
+                store.record_retry(end, retry_at, execution_pending=execution_pending)
                 return self._later(delay, attempt + 1, delay)
-            error = AttemptError(
-                type=failure.type,
-                message=f"{failure.message} (no retry: step deadline of "
-                f"{spec_step.deadline:g}s would pass)",
-                outcome=failure.outcome,
+            end = replace(
+                end,
+                error=AttemptError(
+                    type=failure.type,
+                    message=f"{failure.message} (no retry: step deadline of "
+                    f"{spec_step.deadline:g}s would pass)",
+                    outcome=failure.outcome,
+                ),
             )
-        store.record_failure(row.execution_id, row.step_id, attempt, elapsed_ms, error)
+        store.record_failure(
+            end, step_started_at=aware(row.started_at), execution_pending=execution_pending
+        )
         return self._envelope(row.execution_id, row.step_id)
 
     # --- breaker open -----------------------------------------------------------------

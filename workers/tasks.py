@@ -47,6 +47,7 @@ def delegation() -> Delegation:
     state = store()
     limits = Limits(
         lease_interval=settings.lease_interval,
+        lease_after=settings.lease_after,
         max_countdown=float("inf") if settings.embedded else 0.9 * settings.visibility_timeout,
     )
     return Delegation(

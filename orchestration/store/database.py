@@ -30,6 +30,22 @@ def get_engine(url: str) -> Engine:
         return engine
 
 
+def get_autocommit_engine(url: str) -> Engine:
+    """An engine whose connections stay in autocommit: a single-statement read, or a
+    multi-statement write that PostgreSQL runs as one implicit transaction, costs one
+    round trip, with no BEGIN/COMMIT and no switching of the connection's mode."""
+    if make_url(url).get_backend_name() == "sqlite":
+        # Local and cheap to switch; a second pool would only add writers to the file.
+        return get_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    key = f"autocommit:{url}"
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = create_engine(url, pool_size=5, max_overflow=10, isolation_level="AUTOCOMMIT")
+            _engines[key] = engine
+        return engine
+
+
 def dispose_engines() -> None:
     """Drop pooled connections, e.g. in a freshly forked worker process."""
     with _lock:

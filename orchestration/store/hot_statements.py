@@ -7,11 +7,31 @@ hot path executes these prebuilt constructs with parameter dictionaries.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from typing import Any, Final
 
-from sqlalchemy import Table, bindparam, func, insert, select, union_all, update
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Table,
+    TextClause,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    union_all,
+    update,
+)
 
-from orchestration.constants import CANCELLED, COMPLETED, OUTCOME_SUCCESS, PENDING, RUNNING
+from orchestration.constants import (
+    CANCELLED,
+    COMPLETED,
+    PENDING,
+    RETRYING,
+    RUNNING,
+)
 from orchestration.constants import STEP_FINAL as _FINAL
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
 
@@ -68,48 +88,82 @@ START_EXECUTION: Final[Any] = (
     .values(status=RUNNING, started_at=bindparam("ts"))
 )
 
-CLOSE_ATTEMPT_SUCCESS: Final[Any] = (
-    update(_attempts)
-    .where(
-        _attempts.c.execution_id == bindparam("eid"),
-        _attempts.c.step_id == bindparam("sid"),
-        _attempts.c.attempt == bindparam("att"),
-    )
-    .values(
-        finished_at=bindparam("ts"),
-        duration_ms=bindparam("ms"),
-        outcome=OUTCOME_SUCCESS,
-    )
-)
+# --- the end of an attempt, written in one round trip ---------------------------------
+#
+# An attempt that ends quickly is recorded once, at its end: the attempt row (inserted,
+# or closed if a start marker was written while it ran), the execution's start, the
+# step's result and, for the last step, the execution's end. Plain SQL that PostgreSQL
+# and SQLite both speak; on PostgreSQL the statements travel as one string over an
+# autocommit connection, which the server runs as one implicit transaction (one round
+# trip instead of five), elsewhere they run one by one inside a transaction. The step's
+# UPDATE comes last: its row count says whether this attempt decided the step.
 
-COMPLETE_STEP: Final[Any] = (
-    update(_steps)
-    .where(
-        _steps.c.execution_id == bindparam("eid"),
-        _steps.c.step_id == bindparam("sid"),
-        _steps.c.status.not_in(list(_FINAL)),
-    )
-    .values(
-        status=COMPLETED,
-        output=bindparam("out", type_=_steps.c.output.type),
-        error_type=None,
-        error_message=None,
-        finished_at=bindparam("ts"),
-        duration_ms=bindparam("step_ms_"),
-    )
-)
 
-# An execution's end, recorded once: a redelivered last step finds it already final.
-FINISH_EXECUTION: Final[Any] = (
-    update(_executions)
-    .where(
-        _executions.c.id == bindparam("eid"),
-        _executions.c.status.not_in(["completed", "failed", "cancelled"]),
+def _sql_list(values: frozenset[str]) -> str:
+    return "(" + ", ".join(f"'{value}'" for value in sorted(values)) + ")"
+
+
+_STEP_FINAL_SQL = _sql_list(_FINAL)
+_EXECUTION_FINAL_SQL = _sql_list(frozenset({COMPLETED, "failed", CANCELLED}))
+
+END_ATTEMPT_SQL: Final = """
+INSERT INTO troupe_attempts (execution_id, step_id, attempt, agent, task_id, worker,
+    started_at, finished_at, duration_ms, outcome, error_type, error_message)
+VALUES (:eid, :sid, :att, :agent, :task_id, :worker,
+    :started, :ts, :ms, :outcome, :error_type, :error_message)
+ON CONFLICT (execution_id, step_id, attempt) DO UPDATE SET
+    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+    outcome = excluded.outcome, error_type = excluded.error_type,
+    error_message = excluded.error_message
+WHERE troupe_attempts.outcome IS NULL"""
+
+MARK_EXECUTION_RUNNING_SQL: Final = f"""
+UPDATE troupe_executions SET status = '{RUNNING}', started_at = :started
+WHERE id = :eid AND status = '{PENDING}'"""
+
+FINISH_EXECUTION_SQL: Final = f"""
+UPDATE troupe_executions SET status = :final_status, output = :final_output,
+    error = :final_error, finished_at = :ts
+WHERE id = :eid AND status NOT IN {_EXECUTION_FINAL_SQL}"""
+
+COMPLETE_STEP_SQL: Final = f"""
+UPDATE troupe_steps SET status = '{COMPLETED}', attempts = :att, output = :out,
+    error_type = NULL, error_message = NULL, reason = NULL, next_attempt_at = NULL,
+    started_at = COALESCE(started_at, :started), finished_at = :ts, duration_ms = :step_ms
+WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}"""
+
+RETRY_STEP_SQL: Final = f"""
+UPDATE troupe_steps SET status = '{RETRYING}', attempts = :att,
+    error_type = :error_type, error_message = :error_message, next_attempt_at = :next_at,
+    started_at = COALESCE(started_at, :started)
+WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}"""
+
+FAIL_STEP_SQL: Final = f"""
+UPDATE troupe_steps SET status = 'failed', attempts = :att,
+    error_type = :error_type, error_message = :error_message, next_attempt_at = NULL,
+    started_at = COALESCE(started_at, :started), finished_at = :ts, duration_ms = :step_ms
+WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}"""
+
+_BIND_TYPES: Final[dict[str, Any]] = {
+    "started": DateTime(timezone=True),
+    "ts": DateTime(timezone=True),
+    "next_at": DateTime(timezone=True),
+    "out": JSON(),
+    "final_output": JSON(),
+}
+
+
+def _typed(sql: str) -> TextClause:
+    named = set(re.findall(r"(?<!:):(\w+)", sql))
+    return text(sql).bindparams(
+        *(bindparam(name, type_=kind) for name, kind in _BIND_TYPES.items() if name in named)
     )
-    .values(
-        status=bindparam("final_status"),
-        output=bindparam("final_output", type_=_executions.c.output.type),
-        error=bindparam("final_error"),
-        finished_at=bindparam("ts"),
-    )
-)
+
+
+@lru_cache(maxsize=32)
+def write_script(dialect: str, *parts: str) -> tuple[TextClause, ...]:
+    """The statements of one write, ready for ``dialect``: one clause on PostgreSQL,
+    one per statement elsewhere."""
+    if dialect == "postgresql":
+        return (_typed(";".join(parts)),)
+    return tuple(_typed(part) for part in parts)

@@ -37,7 +37,7 @@ from orchestration.constants import (
 )
 from orchestration.errors import ExecutionNotFound
 from orchestration.store import hot_statements as hot
-from orchestration.store.database import get_engine
+from orchestration.store.database import get_autocommit_engine, get_engine
 from orchestration.store.models import AgentRow, AttemptRow, ExecutionRow, HeartbeatRow, StepRow
 from workflows.plan import ExecutionPlan
 
@@ -99,12 +99,49 @@ class AttemptError:
     outcome: str
 
 
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How one attempt of a delegation ended: its audit row."""
+
+    execution_id: str
+    step_id: str
+    attempt: int
+    agent: str
+    task_id: str | None
+    worker: str | None
+    started_at: datetime
+    duration_ms: int
+    outcome: str = OUTCOME_SUCCESS
+    error: AttemptError | None = None
+
+    def params(self, finished_at: datetime) -> dict[str, Any]:
+        return {
+            "eid": self.execution_id,
+            "sid": self.step_id,
+            "att": self.attempt,
+            "agent": self.agent,
+            "task_id": self.task_id,
+            "worker": self.worker,
+            "started": self.started_at,
+            "ts": finished_at,
+            "ms": self.duration_ms,
+            "outcome": self.outcome,
+            "error_type": self.error.type if self.error else None,
+            "error_message": self.error.message if self.error else None,
+        }
+
+
 class Store:
     def __init__(self, url: str, engine: Engine | None = None) -> None:
         self.url = url
         self.engine = engine or get_engine(url)
-        # Single-statement reads need no transaction: no BEGIN, no ROLLBACK round trip.
-        self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Single-statement reads and the one-round-trip writes need no BEGIN/COMMIT.
+        self.reader = (
+            get_autocommit_engine(url)
+            if engine is None
+            else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self.dialect = self.engine.dialect.name
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._registered: set[tuple[str, str]] = set()
 
@@ -264,14 +301,15 @@ class Store:
         worker: str | None,
         *,
         execution_pending: bool = True,
+        started_at: datetime | None = None,
     ) -> str:
-        """Record that an attempt starts, in one transaction.
+        """Record that an attempt is running (its start marker; its lease begins), in one
+        transaction.
 
         Returns "started"; "duplicate" if this attempt was already recorded; "cancelled"
-        if the execution was cancelled since the caller looked (the check is repeated
-        here so a stop that lands in between still prevents the call).
+        if the step is final or the execution was cancelled since the caller looked.
         """
-        stamp = now()
+        stamp = started_at or now()
         keys = {"eid": execution_id, "sid": step_id, "ts": stamp}
         try:
             with self.engine.begin() as connection:
@@ -308,86 +346,72 @@ class Store:
                 )
             )
 
+    def _write(self, parts: tuple[str, ...], params: dict[str, Any]) -> int:
+        """Run one write script (see ``hot_statements.write_script``); the row count of
+        its last statement."""
+        clauses = hot.write_script(self.dialect, *parts)
+        if len(clauses) == 1:
+            with self.reader.connect() as connection:
+                return int(connection.execute(clauses[0], params).rowcount)
+        count = 0
+        with self.engine.begin() as connection:
+            for clause in clauses:
+                count = int(connection.execute(clause, params).rowcount)
+        return count
+
     @_retrying
     def record_success(
         self,
-        execution_id: str,
-        step_id: str,
-        attempt: int,
+        end: AttemptEnd,
         output: Any,
-        duration_ms: int,
+        *,
         step_started_at: datetime | None = None,
+        execution_pending: bool = False,
         finish: tuple[str, Any, str | None] | None = None,
-    ) -> int:
-        """Close the attempt and complete the step in one transaction; with ``finish``
-        (status, output, error), the execution's end too. Returns the step's duration in
-        ms (from its first start, when known)."""
+    ) -> int | None:
+        """The attempt's row, the step's result and (``finish``: status, output, error)
+        the execution's end, in one round trip. Returns the step's duration in ms (from
+        its first start, when known), or None if the step had already reached a final
+        status (cancelled meanwhile, or decided by another copy of the message)."""
         stamp = now()
-        step_ms = _elapsed_ms(step_started_at, stamp, duration_ms)
-        keys = {"eid": execution_id, "sid": step_id, "ts": stamp}
-        with self.engine.begin() as connection:
-            connection.execute(
-                hot.CLOSE_ATTEMPT_SUCCESS, {**keys, "att": attempt, "ms": duration_ms}
-            )
-            connection.execute(hot.COMPLETE_STEP, {**keys, "out": output, "step_ms_": step_ms})
-            if finish is not None:
-                status, final_output, error = finish
-                connection.execute(
-                    hot.FINISH_EXECUTION,
-                    {
-                        "eid": execution_id,
-                        "ts": stamp,
-                        "final_status": status,
-                        "final_output": final_output,
-                        "final_error": error,
-                    },
-                )
-        return step_ms
+        step_ms = _elapsed_ms(step_started_at or end.started_at, stamp, end.duration_ms)
+        parts = [hot.END_ATTEMPT_SQL]
+        params = end.params(stamp)
+        params.update(out=output, step_ms=step_ms)
+        if execution_pending:
+            parts.append(hot.MARK_EXECUTION_RUNNING_SQL)
+        if finish is not None:
+            parts.append(hot.FINISH_EXECUTION_SQL)
+            params.update(final_status=finish[0], final_output=finish[1], final_error=finish[2])
+        parts.append(hot.COMPLETE_STEP_SQL)
+        return step_ms if self._write(tuple(parts), params) else None
 
     @_retrying
     def record_retry(
-        self,
-        execution_id: str,
-        step_id: str,
-        attempt: int,
-        duration_ms: int,
-        error: AttemptError,
-        next_attempt_at: datetime,
+        self, end: AttemptEnd, next_attempt_at: datetime, *, execution_pending: bool = False
     ) -> None:
-        with self.session() as session, session.begin():
-            self._close_attempt(
-                session, execution_id, step_id, attempt, now(), duration_ms, error.outcome, error
-            )
-            session.execute(
-                _unfinished_step(execution_id, step_id).values(
-                    status=RETRYING,
-                    error_type=error.type,
-                    error_message=error.message,
-                    next_attempt_at=next_attempt_at,
-                )
-            )
+        params = end.params(now())
+        params["next_at"] = next_attempt_at
+        parts = [hot.END_ATTEMPT_SQL]
+        if execution_pending:
+            parts.append(hot.MARK_EXECUTION_RUNNING_SQL)
+        self._write((*parts, hot.RETRY_STEP_SQL), params)
 
     @_retrying
     def record_failure(
         self,
-        execution_id: str,
-        step_id: str,
-        attempt: int,
-        duration_ms: int,
-        error: AttemptError,
+        end: AttemptEnd,
+        *,
+        step_started_at: datetime | None = None,
+        execution_pending: bool = False,
     ) -> None:
         stamp = now()
-        with self.session() as session, session.begin():
-            self._close_attempt(
-                session, execution_id, step_id, attempt, stamp, duration_ms, error.outcome, error
-            )
-            step = session.get(StepRow, (execution_id, step_id))
-            assert step is not None
-            step.status = FAILED
-            step.error_type = error.type
-            step.error_message = error.message
-            step.finished_at = stamp
-            step.duration_ms = _elapsed_ms(step.started_at, stamp, duration_ms)
+        params = end.params(stamp)
+        params["step_ms"] = _elapsed_ms(step_started_at or end.started_at, stamp, end.duration_ms)
+        parts = [hot.END_ATTEMPT_SQL]
+        if execution_pending:
+            parts.append(hot.MARK_EXECUTION_RUNNING_SQL)
+        self._write((*parts, hot.FAIL_STEP_SQL), params)
 
     @_retrying
     def finish_step_without_call(
@@ -641,27 +665,6 @@ class Store:
                 )
             )
             return sorted({task_id for task_id in ids if task_id})
-
-    @staticmethod
-    def _close_attempt(
-        session: Session,
-        execution_id: str,
-        step_id: str,
-        attempt: int,
-        stamp: datetime,
-        duration_ms: int,
-        outcome: str,
-        error: AttemptError | None,
-    ) -> None:
-        session.execute(
-            _attempt(execution_id, step_id, attempt).values(
-                finished_at=stamp,
-                duration_ms=duration_ms,
-                outcome=outcome,
-                error_type=error.type if error else None,
-                error_message=error.message if error else None,
-            )
-        )
 
 
 def _aware(value: datetime) -> datetime:

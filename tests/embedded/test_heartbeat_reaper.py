@@ -21,7 +21,7 @@ from orchestration.spec import AgentSpec, TeamSpec
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import ensure_schema
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
-from orchestration.store.repository import AttemptError, Store, now
+from orchestration.store.repository import AttemptEnd, AttemptError, Store, now
 from tests.support.resilience_agents import HEALTH_DIR_VARIABLE
 from workers.health import run_heartbeat
 from workers.reaper import reap
@@ -325,10 +325,27 @@ def test_stalled_execution_with_nothing_in_flight_is_resumed(store: Store) -> No
     assert recent not in resumed
 
 
+def attempt_end(execution_id: str, attempt: int, *, failed: bool = False) -> AttemptEnd:
+    """How attempt ``attempt`` of step s0 ended, as the worker that ran it records it."""
+    error = AttemptError("RuntimeError", "down", "error") if failed else None
+    return AttemptEnd(
+        execution_id=execution_id,
+        step_id="s0",
+        attempt=attempt,
+        agent="worker",
+        task_id=f"task-{attempt}",
+        worker="worker-a",
+        started_at=now(),
+        duration_ms=10,
+        outcome="error" if failed else "success",
+        error=error,
+    )
+
+
 def test_finished_execution_is_not_resumed(store: Store) -> None:
     done = new_execution(store, steps=1)
     store.begin_attempt(done, "s0", "worker", 1, "task-1", "worker-a")
-    store.record_success(done, "s0", 1, {"ok": True}, 5)
+    store.record_success(attempt_end(done, 1), {"ok": True})
     store.finish_execution(done, "completed", {"ok": True}, None)
     cancelled = new_execution(store)
     store.cancel_execution(cancelled, "stopped")
@@ -345,9 +362,7 @@ def test_step_waiting_for_its_retry_is_not_resumed(store: Store) -> None:
     store.begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
     age(store, execution_id, STALL + 5)
     retry_at = now() + timedelta(seconds=60)
-    store.record_retry(
-        execution_id, "s0", 1, 10, AttemptError("RuntimeError", "down", "error"), retry_at
-    )
+    store.record_retry(attempt_end(execution_id, 1, failed=True), retry_at)
 
     _, resumed = reap_now(store)
 
@@ -373,9 +388,7 @@ def test_retry_that_just_started_is_not_resumed(store: Store) -> None:
     just begun: it is in flight, not stalled."""
     execution_id = new_execution(store)
     store.begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
-    store.record_retry(
-        execution_id, "s0", 1, 10, AttemptError("RuntimeError", "down", "error"), now()
-    )
+    store.record_retry(attempt_end(execution_id, 1, failed=True), now())
     age(store, execution_id, STALL + 5)
     assert store.begin_attempt(execution_id, "s0", "worker", 2, "task-2", "worker-a")
 

@@ -1,0 +1,102 @@
+"""Where a delegation's time goes, without a broker: one process calls ``Delegation.run``
+for every step of a recorded execution against PostgreSQL, and prints milliseconds per
+delegation, statements and commits per delegation, and optionally a cProfile listing.
+
+    python -m bench.profile_delegation [--steps 2000] [--strategy parallel] [--profile]
+
+This is the inner loop the worker benchmarks pay for on every task; it isolates Troupe's
+own cost from Celery's and Redis's. It creates and drops its own database
+(``troupe_bench_<pid>``) on the server ``TROUPE_DATABASE_URL`` names, else
+postgres@127.0.0.1:5432.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import sys
+import time
+from typing import Any
+
+from bench.env import prepare
+from bench.teams import noop_team
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_delegation")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--strategy", default="parallel")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile listing")
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    with prepare(name="profile"):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from sqlalchemy import event
+
+    from orchestration import Team
+    from orchestration.runtime import get_runtime
+    from workers.tasks import delegation
+    from workflows.plan import build_plan
+
+    runtime = get_runtime()
+    team = Team.from_yaml(noop_team("profile", args.strategy, args.steps))
+    plan = build_plan(team.spec)
+    execution_id = f"profile-{os.getpid()}"
+    runtime.store.register_agents(team.name, team.spec.model_dump(mode="json")["agents"])
+    runtime.store.create_execution(execution_id, team.spec.model_dump(mode="json"), plan, {"n": 1})
+    counts = {"statements": 0, "commits": 0}
+
+    def on_statement(*_: Any) -> None:
+        counts["statements"] += 1
+
+    def on_commit(*_: Any) -> None:
+        counts["commits"] += 1
+
+    # The store's transactional engine and its autocommit one (reads, one-trip writes).
+    for engine in {runtime.store.engine, runtime.store.reader.engine}:
+        event.listen(engine, "before_cursor_execute", on_statement)
+        event.listen(engine, "commit", on_commit)
+
+    from workers.delegation import Delivery
+
+    runner = delegation()
+    deliveries = [
+        Delivery(execution_id, step.id, 1, task_id=f"t-{i}", worker="profile", finalize=False)
+        for i, step in enumerate(plan.steps)
+    ]
+    profiler = cProfile.Profile() if args.profile else None
+    started = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    for delivery in deliveries:
+        runner.run(delivery)
+    if profiler:
+        profiler.disable()
+    seconds = time.perf_counter() - started
+    n = len(deliveries)
+    print(
+        json.dumps(
+            {
+                "benchmark": "profile_delegation",
+                "strategy": args.strategy,
+                "steps": n,
+                "ms_per_delegation": round(1000 * seconds / n, 3),
+                "statements_per_delegation": round(counts["statements"] / n, 2),
+                "commits_per_delegation": round(counts["commits"] / n, 2),
+            }
+        )
+    )
+    if profiler:
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
