@@ -113,7 +113,9 @@ class Delegation:
         store = self.store
         context = load_context(store, delivery.execution_id)
         step = context.plan.step(delivery.step_id)
-        execution_status, rows = store.delegation_state(delivery.execution_id, step.id, step.level)
+        execution_status, rows = store.delegation_state(
+            delivery.execution_id, step.id, step.visible
+        )
         row = rows[step.id]
         if row.status in STEP_FINAL:
             # A redelivered message for a step already done: return what was recorded.

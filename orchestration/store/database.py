@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 
 from orchestration.errors import TroupeError
+from orchestration.store import prepared
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -42,6 +43,7 @@ def get_autocommit_engine(url: str) -> Engine:
         engine = _engines.get(key)
         if engine is None:
             engine = create_engine(url, pool_size=5, max_overflow=10, isolation_level="AUTOCOMMIT")
+            prepared.install(engine)
             _engines[key] = engine
         return engine
 

@@ -21,7 +21,6 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    union_all,
     update,
 )
 
@@ -40,23 +39,32 @@ _steps: Table = StepRow.__table__  # type: ignore[assignment]
 _attempts: Table = AttemptRow.__table__  # type: ignore[assignment]
 _executions: Table = ExecutionRow.__table__  # type: ignore[assignment]
 
-# The execution's status, this step and every step of an earlier level. Two indexed
-# lookups joined by UNION ALL: with an OR, PostgreSQL scans every step of the execution
-# for each delegation, which made a 10,000-step fan-out quadratic.
-_STATUS = (
+# The execution's status with the rows of this step and of the steps it may read (its
+# ancestors), each found by primary key. Looking steps up by level instead made the
+# planner, on a table without statistics yet, scan every step of the execution.
+DELEGATION_STATE: Final[Any] = select(
+    _steps,
     select(_executions.c.status)
     .where(_executions.c.id == bindparam("eid"))
     .scalar_subquery()
-    .label("execution_status")
+    .label("execution_status"),
+).where(
+    _steps.c.execution_id == bindparam("eid"),
+    _steps.c.step_id.in_(bindparam("ids", expanding=True)),
 )
-DELEGATION_STATE: Final[Any] = union_all(
-    select(_steps, _STATUS).where(
-        _steps.c.execution_id == bindparam("eid"), _steps.c.step_id == bindparam("sid")
-    ),
-    select(_steps, _STATUS).where(
-        _steps.c.execution_id == bindparam("eid"), _steps.c.level < bindparam("lvl")
-    ),
-)
+
+# The same read for PostgreSQL's prepared statement, whose one generic plan must be
+# good before the table has statistics: this step by its full primary key, and its
+# ancestors (an array) only when it has any. (One ``step_id = ANY(array)`` made that
+# plan filter every step of the execution for each delegation.)
+DELEGATION_STATE_SQL: Final = """
+SELECT troupe_steps.*,
+    (SELECT status FROM troupe_executions WHERE id = :eid) AS execution_status
+FROM troupe_steps WHERE execution_id = :eid AND step_id = :sid
+UNION ALL
+SELECT troupe_steps.*, NULL
+FROM troupe_steps WHERE cardinality(CAST(:ids AS varchar[])) > 0
+    AND execution_id = :eid AND step_id = ANY(:ids)"""
 
 INSERT_ATTEMPT: Final[Any] = insert(_attempts)
 
@@ -93,10 +101,11 @@ START_EXECUTION: Final[Any] = (
 # An attempt that ends quickly is recorded once, at its end: the attempt row (inserted,
 # or closed if a start marker was written while it ran), the execution's start, the
 # step's result and, for the last step, the execution's end. Plain SQL that PostgreSQL
-# and SQLite both speak; on PostgreSQL the statements travel as one string over an
-# autocommit connection, which the server runs as one implicit transaction (one round
-# trip instead of five), elsewhere they run one by one inside a transaction. The step's
-# UPDATE comes last: its row count says whether this attempt decided the step.
+# and SQLite both speak; on PostgreSQL the statements are prepared and travel as one
+# string over an autocommit connection, which the server runs as one implicit
+# transaction (one round trip instead of five), elsewhere they run one by one inside a
+# transaction. The step's UPDATE comes last: its row count says whether this attempt
+# decided the step.
 
 
 def _sql_list(values: frozenset[str]) -> str:
@@ -144,6 +153,16 @@ UPDATE troupe_steps SET status = 'failed', attempts = :att,
     started_at = COALESCE(started_at, :started), finished_at = :ts, duration_ms = :step_ms
 WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}"""
 
+# Every statement a write script may contain (PostgreSQL prepares them all).
+WRITE_SQL: Final = (
+    END_ATTEMPT_SQL,
+    MARK_EXECUTION_RUNNING_SQL,
+    FINISH_EXECUTION_SQL,
+    COMPLETE_STEP_SQL,
+    RETRY_STEP_SQL,
+    FAIL_STEP_SQL,
+)
+
 _BIND_TYPES: Final[dict[str, Any]] = {
     "started": DateTime(timezone=True),
     "ts": DateTime(timezone=True),
@@ -161,9 +180,7 @@ def _typed(sql: str) -> TextClause:
 
 
 @lru_cache(maxsize=32)
-def write_script(dialect: str, *parts: str) -> tuple[TextClause, ...]:
-    """The statements of one write, ready for ``dialect``: one clause on PostgreSQL,
-    one per statement elsewhere."""
-    if dialect == "postgresql":
-        return (_typed(";".join(parts)),)
+def write_script(*parts: str) -> tuple[TextClause, ...]:
+    """The statements of one write, to run one by one in a transaction (PostgreSQL runs
+    them as prepared statements instead, see ``prepared``)."""
     return tuple(_typed(part) for part in parts)

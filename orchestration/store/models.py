@@ -47,7 +47,6 @@ class ExecutionRow(Base):
 
 class StepRow(Base):
     __tablename__ = "troupe_steps"
-    __table_args__ = (Index("ix_troupe_steps_execution_level", "execution_id", "level"),)
 
     execution_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"), primary_key=True

@@ -37,6 +37,7 @@ from orchestration.constants import (
 )
 from orchestration.errors import ExecutionNotFound
 from orchestration.store import hot_statements as hot
+from orchestration.store import prepared
 from orchestration.store.database import get_autocommit_engine, get_engine
 from orchestration.store.models import AgentRow, AttemptRow, ExecutionRow, HeartbeatRow, StepRow
 from workflows.plan import ExecutionPlan
@@ -141,7 +142,8 @@ class Store:
             if engine is None
             else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
-        self.dialect = self.engine.dialect.name
+        # On PostgreSQL the delegation's read and writes are prepared statements.
+        self.prepared = self.engine.dialect.name == "postgresql" and engine is None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._registered: set[tuple[str, str]] = set()
 
@@ -215,13 +217,18 @@ class Store:
 
     @_retrying
     def delegation_state(
-        self, execution_id: str, step_id: str, level: int
+        self, execution_id: str, step_id: str, ancestors: Iterable[str] = ()
     ) -> tuple[str | None, dict[str, Any]]:
         """Everything a delegation reads, in one statement: the execution's status, this
-        step's row and the rows of every step in earlier levels (its possible ancestors)."""
-        params = {"eid": execution_id, "sid": step_id, "lvl": level}
+        step's row and the rows of the steps whose results it may read."""
         with self.reader.connect() as connection:
-            rows = {row.step_id: row for row in connection.execute(hot.DELEGATION_STATE, params)}
+            if self.prepared:
+                params = {"eid": execution_id, "sid": step_id, "ids": list(ancestors)}
+                result = connection.exec_driver_sql(prepared.READ.execute_sql, params)
+            else:
+                params = {"eid": execution_id, "ids": [step_id, *ancestors]}
+                result = connection.execute(hot.DELEGATION_STATE, params)
+            rows = {row.step_id: row for row in result}
         mine = rows.get(step_id)
         if mine is None:
             raise ExecutionNotFound(execution_id)
@@ -347,15 +354,15 @@ class Store:
             )
 
     def _write(self, parts: tuple[str, ...], params: dict[str, Any]) -> int:
-        """Run one write script (see ``hot_statements.write_script``); the row count of
-        its last statement."""
-        clauses = hot.write_script(self.dialect, *parts)
-        if len(clauses) == 1:
+        """Run one write script (statements of ``hot_statements``); the row count of its
+        last statement."""
+        if self.prepared:
             with self.reader.connect() as connection:
-                return int(connection.execute(clauses[0], params).rowcount)
+                result = connection.exec_driver_sql(prepared.script(parts), prepared.values(params))
+                return int(result.rowcount)
         count = 0
         with self.engine.begin() as connection:
-            for clause in clauses:
+            for clause in hot.write_script(*parts):
                 count = int(connection.execute(clause, params).rowcount)
         return count
 
