@@ -29,14 +29,15 @@ task_create_missing_queues = True
 result_expires = 24 * 3600
 broker_connection_retry_on_startup = True
 
-# Workers send task events, which Flower shows under each delegation's shadow name
-# (agent:<name>). Publishers send no task-sent events: those carry the real task name
+# Flower shows delegations under their shadow names (agent:<name>) from task events,
+# which it switches on in every worker while it runs (TROUPE_TASK_EVENTS=true sends them
+# from the start). Publishers send no task-sent events: those carry the real task name
 # (troupe.delegate), and Celery's event state merges every field of a task-sent event
 # that arrives after the worker's task-received (celery/events/state.py, Task.event), so
 # the agent's name would flicker back to troupe.delegate in Flower. The cost: Flower does
 # not list a delegation until a worker has received it.
 task_send_sent_event = False
-worker_send_task_events = True
+worker_send_task_events = _settings.task_events
 
 # Beat: probe agents and feed their breakers; recover work lost with dead workers. Each
 # run expires after one interval, so a backlog never replays stale probes.

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # no database read. Another worker's opening is seen within this time.
     breaker_cache_ttl: float = Field(default=0.25, ge=0)
     worker_concurrency: int = 2
+    # Workers send task events from the start. Off by default, as in Celery: publishing
+    # three events per delegation took ~40% of a busy worker's main process, and Flower
+    # switches them on in every worker (every 5 s) while it runs.
+    task_events: bool = False
     # Embedded mode polls the in-memory queue; kombu's default of 1 s makes every hop slow.
     embedded_polling_interval: float = 0.01
     poll_interval: float = 0.1

@@ -42,8 +42,9 @@ def worker(
         f"--queues={settings.queue}",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--pool={pool}",
-        "--events",
     ]
+    if settings.task_events:
+        argv.append("--events")
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main([*argv, *celery_args])
