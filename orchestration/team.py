@@ -18,6 +18,7 @@ from orchestration.runtime import Runtime, get_runtime
 from orchestration.settings import get_settings
 from orchestration.spec import TeamSpec
 from orchestration.store.breakers import BreakerStore
+from orchestration.store.repository import spec_digest
 from orchestration.team_file import load_team, parse_team
 from workflows.canvas import compile_canvas
 from workflows.plan import ExecutionPlan, build_plan
@@ -27,6 +28,7 @@ class Team:
     def __init__(self, spec: TeamSpec) -> None:
         self.spec = spec
         self.plan: ExecutionPlan = build_plan(spec)
+        self._spec_cache: tuple[dict[str, Any], str] | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Team:
@@ -46,9 +48,9 @@ class Team:
         if check_worker:
             runtime.ensure_worker()
         execution_id = str(uuid.uuid4())
-        spec = self.spec.model_dump(mode="json")
+        spec, digest = self._spec_json()
         runtime.store.register_agents(self.name, spec["agents"])
-        runtime.store.create_execution(execution_id, spec, self.plan, input)
+        runtime.store.create_execution(execution_id, spec, self.plan, input, digest)
         if len(self.plan.levels[0]) == 1:
             canvas = compile_canvas(self.plan, execution_id, runtime.settings.queue, runtime.app)
         else:
@@ -62,6 +64,15 @@ class Team:
             )
         publish(runtime, canvas)
         return runtime.handle(execution_id)
+
+    def _spec_json(self) -> tuple[dict[str, Any], str]:
+        # The spec never changes: serialise and digest it once per Team.
+        cached = self._spec_cache
+        if cached is None:
+            spec = self.spec.model_dump(mode="json")
+            cached = (spec, spec_digest(spec))
+            self._spec_cache = cached
+        return cached
 
     def open_breakers(self) -> dict[str, str]:
         """Agents of this team whose breaker is not closed, with why."""

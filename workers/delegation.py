@@ -89,17 +89,33 @@ class Limits:
         return 3 * self.lease_interval
 
 
+@dataclass(frozen=True)
+class TeamContext:
+    spec: TeamSpec
+    plan: ExecutionPlan
+    steps: dict[str, StepSpec]
+
+
 @lru_cache(maxsize=256)
 def load_context(store: Store, execution_id: str) -> ExecutionContext:
-    # An execution's spec never changes, so a worker plans it once.
-    row = store.execution(execution_id)
-    spec = TeamSpec.model_validate(row.spec)
-    return ExecutionContext(
-        spec=spec,
-        plan=build_plan(spec),
-        input=row.input,
-        steps={s.id: s for s in spec.workflow.steps},
-    )
+    # An execution's spec and input never change, so a worker reads them once; and it
+    # validates and plans each distinct spec once, whichever execution brought it.
+    digest, input_value = store.execution_head(execution_id)
+    key = (store.url, digest or f"execution:{execution_id}")
+    team = _teams.get(key)
+    if team is None:
+        spec = TeamSpec.model_validate(store.execution(execution_id).spec)
+        team = TeamContext(
+            spec=spec, plan=build_plan(spec), steps={s.id: s for s in spec.workflow.steps}
+        )
+        _teams[key] = team
+        while len(_teams) > _TEAMS_KEPT:
+            _teams.pop(next(iter(_teams)))
+    return ExecutionContext(spec=team.spec, plan=team.plan, input=input_value, steps=team.steps)
+
+
+_TEAMS_KEPT = 64
+_teams: dict[tuple[str, str], TeamContext] = {}
 
 
 class Delegation:

@@ -66,6 +66,10 @@ SELECT troupe_steps.*, NULL
 FROM troupe_steps WHERE cardinality(CAST(:ids AS varchar[])) > 0
     AND execution_id = :eid AND step_id = ANY(:ids)"""
 
+EXECUTION_HEAD: Final[Any] = select(_executions.c.spec_digest, _executions.c.input).where(
+    _executions.c.id == bindparam("eid")
+)
+
 INSERT_ATTEMPT: Final[Any] = insert(_attempts)
 
 # Claim the step for an attempt unless it is final or its execution was cancelled.

@@ -35,6 +35,8 @@ class ExecutionRow(Base):
     strategy: Mapped[str] = mapped_column(String(20))
     # The validated team spec: workers plan from it, so a step needs only ids on the wire.
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # sha256 of the spec's canonical JSON: workers plan each distinct spec once.
+    spec_digest: Mapped[str | None] = mapped_column(String(64))
     input: Mapped[Any] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
     output: Mapped[Any] = mapped_column(JSON, nullable=True)

@@ -6,6 +6,7 @@ an outage delays a run instead of failing it or losing its records.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -154,37 +155,57 @@ class Store:
 
     @_retrying
     def create_execution(
-        self, execution_id: str, spec: dict[str, Any], plan: ExecutionPlan, input_value: Any
+        self,
+        execution_id: str,
+        spec: dict[str, Any],
+        plan: ExecutionPlan,
+        input_value: Any,
+        digest: str | None = None,
     ) -> None:
-        created = now()
-        with self.session() as session, session.begin():
-            session.add(
-                ExecutionRow(
-                    id=execution_id,
-                    team=plan.team,
-                    strategy=plan.strategy.value,
-                    spec=spec,
-                    input=input_value,
-                    status=PENDING,
-                    created_at=created,
-                )
-            )
-            session.flush()
-            session.execute(
-                insert(StepRow),
-                [
-                    {
-                        "execution_id": execution_id,
-                        "step_id": step.id,
-                        "agent": step.agent,
-                        "position": step.position,
-                        "level": step.level,
-                        "status": PENDING,
-                        "attempts": 0,
-                    }
-                    for step in plan.steps
-                ],
-            )
+        """The execution's row (pending) and one pending row per step, atomically."""
+        execution = {
+            "id": execution_id,
+            "team": plan.team,
+            "strategy": plan.strategy.value,
+            "spec": spec,
+            "spec_digest": digest or spec_digest(spec),
+            "input": input_value,
+            "status": PENDING,
+            "created_at": now(),
+        }
+        steps = [
+            {
+                "execution_id": execution_id,
+                "step_id": step.id,
+                "agent": step.agent,
+                "position": step.position,
+                "level": step.level,
+                "status": PENDING,
+                "attempts": 0,
+            }
+            for step in plan.steps
+        ]
+        if self.prepared:
+            # One round trip: both INSERTs as one string, one implicit transaction.
+            with self.reader.connect() as connection:
+                cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(_insert_script(cursor, execution, steps))
+                finally:
+                    cursor.close()
+            return
+        with self.engine.begin() as connection:
+            connection.execute(insert(ExecutionRow), execution)
+            connection.execute(insert(StepRow), steps)
+
+    @_retrying
+    def execution_head(self, execution_id: str) -> tuple[str | None, Any]:
+        """(spec digest, input) of an execution: what a worker needs to know it."""
+        with self.reader.connect() as connection:
+            row = connection.execute(hot.EXECUTION_HEAD, {"eid": execution_id}).first()
+        if row is None:
+            raise ExecutionNotFound(execution_id)
+        return row.spec_digest, row.input
 
     @_retrying
     def execution(self, execution_id: str) -> ExecutionRow:
@@ -672,6 +693,41 @@ class Store:
                 )
             )
             return sorted({task_id for task_id in ids if task_id})
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """sha256 of a team spec's canonical JSON."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_EXECUTION_COLUMNS = ("id", "team", "strategy", "spec", "spec_digest", "input", "status")
+_STEP_COLUMNS = ("execution_id", "step_id", "agent", "position", "level", "status", "attempts")
+
+
+def _insert_script(cursor: Any, execution: dict[str, Any], steps: list[dict[str, Any]]) -> bytes:
+    """PostgreSQL: the execution's and its steps' INSERTs as one string (psycopg2 quotes
+    every value; JSON goes as its text)."""
+    head = cursor.mogrify(
+        f"INSERT INTO troupe_executions ({', '.join(_EXECUTION_COLUMNS)}, created_at) "
+        f"VALUES ({', '.join(['%s'] * len(_EXECUTION_COLUMNS))}, %s)",
+        (
+            execution["id"],
+            execution["team"],
+            execution["strategy"],
+            json.dumps(execution["spec"]),
+            execution["spec_digest"],
+            json.dumps(execution["input"]),
+            execution["status"],
+            execution["created_at"],
+        ),
+    )
+    placeholders = f"({', '.join(['%s'] * len(_STEP_COLUMNS))})"
+    rows = b",".join(
+        cursor.mogrify(placeholders, tuple(step[c] for c in _STEP_COLUMNS)) for step in steps
+    )
+    columns = ", ".join(_STEP_COLUMNS)
+    return bytes(head) + f";INSERT INTO troupe_steps ({columns}) VALUES ".encode() + rows
 
 
 def _aware(value: datetime) -> datetime:
