@@ -6,11 +6,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from celery import signature
 from celery._state import _set_task_join_will_block, task_join_will_block
 from celery.canvas import Signature
 
-from orchestration.constants import START_TASK
 from orchestration.handle import ExecutionHandle
 from orchestration.report import ExecutionReport
 from orchestration.resilience.breaker import CLOSED
@@ -51,17 +49,7 @@ class Team:
         spec, digest = self._spec_json()
         runtime.store.register_agents(self.name, spec["agents"])
         runtime.store.create_execution(execution_id, spec, self.plan, input, digest)
-        if len(self.plan.levels[0]) == 1:
-            canvas = compile_canvas(self.plan, execution_id, runtime.settings.queue, runtime.app)
-        else:
-            # Applying a chord subscribes its publisher to every member's result: let a
-            # worker apply it (one short hop) instead of this client.
-            canvas = signature(
-                START_TASK,
-                args=(execution_id,),
-                app=runtime.app,
-                options={"queue": runtime.settings.queue},
-            )
+        canvas = compile_canvas(self.plan, execution_id, runtime.settings.queue, runtime.app)
         publish(runtime, canvas)
         return runtime.handle(execution_id)
 
