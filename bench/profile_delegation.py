@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="parallel")
     parser.add_argument("--profile", action="store_true", help="print a cProfile listing")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--tottime", action="store_true", help="also list by own time")
     args = parser.parse_args(argv)
 
     with prepare(name="profile"):
@@ -95,6 +96,8 @@ def _measure(args: argparse.Namespace) -> int:
     )
     if profiler:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(args.top)
+        if args.tottime:
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(args.top)
     return 0
 
 
