@@ -172,14 +172,16 @@ class Delegation:
         spec_step = context.steps[step.id]
         deadline = _deadline(row, spec_step)
         if deadline is not None and now() >= deadline:
-            return self._fail(row, attempt, delivery, _deadline_error(spec_step))
+            return self._reject(
+                context, rows, row.agent, attempt, delivery, _deadline_error(spec_step)
+            )
 
         agent_name = step.agent
         agent = context.spec.agents[agent_name]
         admission = self.breakers.admit(agent_name, agent.breaker)
         if not admission.allowed:
             routed = self._when_open(
-                context, row, agent_name, agent, admission, delivery, attempt, deadline
+                context, rows, agent_name, agent, admission, delivery, attempt, deadline
             )
             if not isinstance(routed, tuple):
                 return routed
@@ -314,7 +316,14 @@ class Delegation:
             trial=admission.trial,
         )
         finish = (
-            self._outcome_with(context, rows, step.id, result.output) if delivery.finalize else None
+            _outcome_with(
+                context,
+                rows,
+                step.id,
+                StepRecord(status=COMPLETED, output=result.output, error=None),
+            )
+            if delivery.finalize
+            else None
         )
         step_ms = store.record_success(
             AttemptEnd(
@@ -345,19 +354,6 @@ class Delegation:
             duration_ms=step_ms,
             finalized=finish is not None,
         )
-
-    @staticmethod
-    def _outcome_with(
-        context: ExecutionContext, rows: dict[str, StepState], step_id: str, output: Any
-    ) -> tuple[str, Any, str | None] | None:
-        """The execution's outcome once this (last) step completes, from the rows already
-        read; None if they do not cover every step (then finalize reads them afresh)."""
-        if len(rows) != len(context.plan.steps):
-            return None
-        records = {sid: record_of(row) for sid, row in rows.items()}
-        records[step_id] = StepRecord(status=COMPLETED, output=output, error=None)
-        outcome = decide_outcome(context.plan, records)
-        return outcome.status, outcome.output, outcome.error
 
     def _after_failure(
         self,
@@ -402,7 +398,7 @@ class Delegation:
     def _when_open(
         self,
         context: ExecutionContext,
-        row: StepState,
+        rows: dict[str, StepState],
         agent_name: str,
         agent: AgentSpec,
         admission: Admission,
@@ -410,6 +406,7 @@ class Delegation:
         attempt: int,
         deadline: datetime | None,
     ) -> Envelope | RetryLater | tuple[str, AgentSpec, Admission]:
+        row = rows[delivery.step_id]
         mode = agent.when_open
         reason = admission.reason or f"circuit open for agent {agent_name!r}"
         if mode is WhenOpen.FALLBACK and agent.fallback is not None:
@@ -428,35 +425,49 @@ class Delegation:
                 return self._later(countdown, attempt, delivery.previous_delay)
             reason = f"{reason}, past the step's deadline"
         error = AttemptError(type="CircuitOpen", message=reason, outcome="rejected")
-        self.store.record_rejection(
-            row.execution_id,
-            row.step_id,
-            agent_name,
-            attempt,
-            error,
-            delivery.task_id,
-            delivery.worker,
-        )
-        return self._envelope(row.execution_id, row.step_id)
+        return self._reject(context, rows, agent_name, attempt, delivery, error)
 
     # --- helpers ----------------------------------------------------------------------
 
     def _later(self, countdown: float, attempt: int, previous: float | None) -> RetryLater:
         return RetryLater(min(countdown, self.limits.max_countdown), attempt, previous)
 
-    def _fail(
-        self, row: StepState, attempt: int, delivery: Delivery, error: AttemptError
+    def _reject(
+        self,
+        context: ExecutionContext,
+        rows: dict[str, StepState],
+        agent: str,
+        attempt: int,
+        delivery: Delivery,
+        error: AttemptError,
     ) -> Envelope:
-        self.store.record_rejection(
+        """Fail the step without calling its agent, audited as a refused attempt (and,
+        for the last step, the execution's end with it)."""
+        row = rows[delivery.step_id]
+        failed = StepRecord(status=FAILED, output=None, error=f"{error.type}: {error.message}")
+        finish = _outcome_with(context, rows, row.step_id, failed) if delivery.finalize else None
+        recorded = self.store.record_rejection(
             row.execution_id,
             row.step_id,
-            row.agent,
+            agent,
             attempt,
             error,
             delivery.task_id,
             delivery.worker,
+            finish=finish,
         )
-        return self._envelope(row.execution_id, row.step_id)
+        if not recorded:
+            return self._envelope(row.execution_id, row.step_id)
+        return Envelope(
+            execution_id=row.execution_id,
+            step_id=row.step_id,
+            status=FAILED,
+            attempts=attempt,
+            error_type=error.type,
+            error_message=error.message,
+            duration_ms=0,
+            finalized=finish is not None,
+        )
 
     def _without_call(
         self, row: StepState, status: str, cause: str | None, reason: str
@@ -466,6 +477,19 @@ class Delegation:
 
     def _envelope(self, execution_id: str, step_id: str) -> Envelope:
         return envelope_of(self.store.steps_by_id(execution_id, [step_id])[step_id])
+
+
+def _outcome_with(
+    context: ExecutionContext, rows: dict[str, StepState], step_id: str, record: StepRecord
+) -> tuple[str, Any, str | None] | None:
+    """The execution's outcome once this (last) step ends as ``record``, from the rows
+    already read; None if they do not cover every step (then finalize reads them afresh)."""
+    if len(rows) != len(context.plan.steps):
+        return None
+    records = {sid: record_of(row) for sid, row in rows.items()}
+    records[step_id] = record
+    outcome = decide_outcome(context.plan, records)
+    return outcome.status, outcome.output, outcome.error
 
 
 def _deadline(row: StepState, spec_step: StepSpec) -> datetime | None:

@@ -1,10 +1,12 @@
 """A per-process cache in front of the shared breakers, for the hot path.
 
-Only a CLOSED breaker is cached, for ``ttl`` seconds: while it is closed, a delegation
-needs no database read to pass the gate, and a success with no failures to forget needs no
-write. Every transition this process makes invalidates the entry; transitions made by
-other workers are seen within ``ttl``. OPEN and HALF_OPEN always go to the database,
-so trial admissions stay exact.
+A CLOSED breaker is cached for ``ttl`` seconds: while it is closed, a delegation needs no
+database read to pass the gate, and a success with no failures to forget needs no write.
+An OPEN breaker's rejection is cached too, for ``ttl`` and never past the moment it may
+admit a trial: a dispatch it rejects costs no read either. Every transition this process
+makes invalidates the entry; transitions made by other workers (a reset, a healthy probe)
+are seen within ``ttl``. HALF_OPEN always goes to the database, so trial admissions stay
+exact.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime
 from orchestration.resilience.breaker import CLOSED, BreakerSnapshot
 from orchestration.spec import BreakerPolicy
 from orchestration.store.breakers import Admission, BreakerStore
+from orchestration.store.repository import now
 
 
 class CachedBreakers:
@@ -23,6 +26,7 @@ class CachedBreakers:
         self.store = breakers
         self.ttl = ttl
         self._closed: dict[str, tuple[float, BreakerSnapshot]] = {}
+        self._open: dict[str, tuple[float, Admission]] = {}
         self._lock = threading.Lock()
 
     def _cached(self, key: str) -> BreakerSnapshot | None:
@@ -43,14 +47,30 @@ class CachedBreakers:
     def forget(self, key: str) -> None:
         with self._lock:
             self._closed.pop(key, None)
+            self._open.pop(key, None)
 
     def admit(self, key: str, policy: BreakerPolicy) -> Admission:
         if self._cached(key) is not None:
             return Admission(allowed=True)
+        rejection = self._cached_rejection(key)
+        if rejection is not None:
+            return rejection
         admission = self.store.admit(key, policy)
         if admission.closed is not None:
             self._remember(key, admission.closed)
+        elif not admission.allowed and admission.retry_at is not None and self.ttl > 0:
+            wall_left = (admission.retry_at - now()).total_seconds()
+            until = time.monotonic() + min(self.ttl, wall_left)
+            with self._lock:
+                self._open[key] = (until, admission)
         return admission
+
+    def _cached_rejection(self, key: str) -> Admission | None:
+        with self._lock:
+            entry = self._open.get(key)
+        if entry is None or time.monotonic() >= entry[0]:
+            return None
+        return entry[1]
 
     def record_call(
         self,

@@ -70,6 +70,9 @@ EXECUTION_HEAD: Final[Any] = select(_executions.c.spec_digest, _executions.c.inp
     _executions.c.id == bindparam("eid")
 )
 
+EXECUTION_HEAD_SQL: Final = """
+SELECT spec_digest, input FROM troupe_executions WHERE id = :eid"""
+
 INSERT_ATTEMPT: Final[Any] = insert(_attempts)
 
 # Claim the step for an attempt unless it is final or its execution was cancelled.

@@ -26,7 +26,6 @@ from tenacity import (
 from orchestration.constants import (
     CANCELLED,
     EXECUTION_FINAL,
-    FAILED,
     OUTCOME_LOST,
     OUTCOME_REJECTED,
     OUTCOME_SUCCESS,
@@ -145,6 +144,7 @@ class Store:
         )
         # On PostgreSQL the delegation's read and writes are prepared statements.
         self.prepared = self.engine.dialect.name == "postgresql" and engine is None
+        self._hot = prepared.HotConnections(self.reader.engine) if self.prepared else None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._registered: set[tuple[str, str]] = set()
 
@@ -201,8 +201,12 @@ class Store:
     @_retrying
     def execution_head(self, execution_id: str) -> tuple[str | None, Any]:
         """(spec digest, input) of an execution: what a worker needs to know it."""
-        with self.reader.connect() as connection:
-            row = connection.execute(hot.EXECUTION_HEAD, {"eid": execution_id}).first()
+        if self._hot is not None:
+            found, _ = self._hot.execute(prepared.HEAD.execute_sql, {"eid": execution_id})
+            row = found[0] if found else None
+        else:
+            with self.reader.connect() as connection:
+                row = connection.execute(hot.EXECUTION_HEAD, {"eid": execution_id}).first()
         if row is None:
             raise ExecutionNotFound(execution_id)
         return row.spec_digest, row.input
@@ -242,14 +246,14 @@ class Store:
     ) -> tuple[str | None, dict[str, Any]]:
         """Everything a delegation reads, in one statement: the execution's status, this
         step's row and the rows of the steps whose results it may read."""
-        with self.reader.connect() as connection:
-            if self.prepared:
-                params = {"eid": execution_id, "sid": step_id, "ids": list(ancestors)}
-                result = connection.exec_driver_sql(prepared.READ.execute_sql, params)
-            else:
+        if self._hot is not None:
+            params = {"eid": execution_id, "sid": step_id, "ids": list(ancestors)}
+            found, _ = self._hot.execute(prepared.READ.execute_sql, params)
+        else:
+            with self.reader.connect() as connection:
                 params = {"eid": execution_id, "ids": [step_id, *ancestors]}
-                result = connection.execute(hot.DELEGATION_STATE, params)
-            rows = {row.step_id: row for row in result}
+                found = list(connection.execute(hot.DELEGATION_STATE, params))
+        rows = {row.step_id: row for row in found}
         mine = rows.get(step_id)
         if mine is None:
             raise ExecutionNotFound(execution_id)
@@ -377,10 +381,8 @@ class Store:
     def _write(self, parts: tuple[str, ...], params: dict[str, Any]) -> int:
         """Run one write script (statements of ``hot_statements``); the row count of its
         last statement."""
-        if self.prepared:
-            with self.reader.connect() as connection:
-                result = connection.exec_driver_sql(prepared.script(parts), prepared.values(params))
-                return int(result.rowcount)
+        if self._hot is not None:
+            return self._hot.execute(prepared.script(parts), prepared.values(params))[1]
         count = 0
         with self.engine.begin() as connection:
             for clause in hot.write_script(*parts):
@@ -523,43 +525,31 @@ class Store:
         error: AttemptError,
         task_id: str | None,
         worker: str | None,
-    ) -> None:
-        """A dispatch the breaker refused: audited, and the step fails without a call."""
+        finish: tuple[str, Any, str | None] | None = None,
+    ) -> bool:
+        """A dispatch refused before any call (breaker open, deadline passed): audited as
+        an attempt, and the step fails (with ``finish``, the execution ends), in one
+        round trip. False if the step had already reached a final status."""
         stamp = now()
-        with self.session() as session, session.begin():
-            exists = session.scalar(
-                select(AttemptRow.id).where(
-                    AttemptRow.execution_id == execution_id,
-                    AttemptRow.step_id == step_id,
-                    AttemptRow.attempt == attempt,
-                )
-            )
-            if exists is None:
-                session.add(
-                    AttemptRow(
-                        execution_id=execution_id,
-                        step_id=step_id,
-                        attempt=attempt,
-                        agent=agent,
-                        task_id=task_id,
-                        worker=worker,
-                        started_at=stamp,
-                        finished_at=stamp,
-                        duration_ms=0,
-                        outcome=OUTCOME_REJECTED,
-                        error_type=error.type,
-                        error_message=error.message,
-                    )
-                )
-            session.execute(
-                _unfinished_step(execution_id, step_id).values(
-                    status=FAILED,
-                    error_type=error.type,
-                    error_message=error.message,
-                    attempts=attempt,
-                    finished_at=stamp,
-                )
-            )
+        end = AttemptEnd(
+            execution_id=execution_id,
+            step_id=step_id,
+            attempt=attempt,
+            agent=agent,
+            task_id=task_id,
+            worker=worker,
+            started_at=stamp,
+            duration_ms=0,
+            outcome=error.outcome,
+            error=error,
+        )
+        params = end.params(stamp)
+        params["step_ms"] = 0
+        parts = [hot.END_ATTEMPT_SQL]
+        if finish is not None:
+            parts.append(hot.FINISH_EXECUTION_SQL)
+            params.update(final_status=finish[0], final_output=finish[1], final_error=finish[2])
+        return bool(self._write((*parts, hot.FAIL_STEP_SQL), params))
 
     @_retrying
     def open_attempts(self, older_than: datetime) -> list[AttemptRow]:
