@@ -275,12 +275,16 @@ def breaker(ctx: Context) -> None:
         agent_calls = calls_file.stat().st_size - calls_before
         if agent_calls:
             raise BenchError(f"the agent was called {agent_calls} times with its breaker open")
+        added = [t - r for t, r in zip(troupe_ms, raw_ms, strict=True)]
         ctx.emit(
             "breaker",
             "rejected_dispatch",
             "ms",
             troupe_ms,
             raw_ms,
+            added_ms=median(added),
+            added_ms_min=min(added),
+            added_ms_max=max(added),
             samples=count,
             agent_calls=agent_calls,
             troupe_noop_success_ms=median(noop_ms),
