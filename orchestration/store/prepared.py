@@ -111,12 +111,15 @@ class HotConnections:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._local = threading.local()
+        # Round trips made (each one statement or one write script), for profiling.
+        self.round_trips = 0
         os.register_at_fork(after_in_child=self._forget_parents)
 
     def execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Any], int]:
         """(rows as named tuples, row count of the last statement)."""
         connection = self._connection()
         dbapi = self._engine.dialect.loaded_dbapi
+        self.round_trips += 1
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)

@@ -151,6 +151,11 @@ class Store:
     def session(self) -> Session:
         return self._session()
 
+    @property
+    def hot_round_trips(self) -> int:
+        """Round trips of the prepared hot path so far (profiling)."""
+        return self._hot.round_trips if self._hot is not None else 0
+
     # --- executions -------------------------------------------------------------------
 
     @_retrying

@@ -52,3 +52,27 @@ def test_quick_benchmarks_print_one_json_line_per_figure(redis_url: str, postgre
         assert line.get("figure") != "error", line
         if line["raw"] is not None and line["troupe"] is not None:
             assert line["troupe"] > 0 and line["raw"] > 0, line
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_a_fast_delegation_costs_one_read_and_one_write(
+    redis_url: str, postgres_url: str, strategy: str
+) -> None:
+    """The delegation's own database traffic, counted by the profiler: one prepared read
+    and one write script per delegation on PostgreSQL (a few more for the first steps,
+    which prepare their connection's statements), and no separate COMMIT."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.profile_delegation", "--steps", "40", "--strategy", strategy],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (figures,) = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert figures["steps"] == 40
+    assert figures["round_trips_per_delegation"] <= 2.2, figures
+    assert figures["commits_per_delegation"] <= 0.1, figures
