@@ -236,7 +236,7 @@ class Delegation:
             limit = max(0.001, min(limit, (deadline - now()).total_seconds()))
 
         def mark_started() -> None:
-            begun = store.begin_attempt(
+            marked = store.begin_attempt(
                 execution_id,
                 step.id,
                 agent_name,
@@ -244,14 +244,14 @@ class Delegation:
                 delivery.task_id,
                 delivery.worker,
                 execution_pending=execution_pending,
-                started_at=started_at,
+                started_at=begun.started_at,
             )
             # "cancelled": the stop came after the read; the call is under way, so its end
             # is still audited, and the step keeps the status the stop gave it.
-            if begun == "duplicate":
+            if marked == "duplicate":
                 raise _NotOurs
 
-        started_at = now()
+        begun = _attempt_end(delivery, agent_name, attempt, now())
         started = time.perf_counter()
         try:
             adapter = build_adapter(agent)
@@ -284,14 +284,8 @@ class Delegation:
                 trial=admission.trial,
                 error=f"{failure.type}: {failure.message}",
             )
-            end = AttemptEnd(
-                execution_id=execution_id,
-                step_id=step.id,
-                attempt=attempt,
-                agent=agent_name,
-                task_id=delivery.task_id,
-                worker=delivery.worker,
-                started_at=started_at,
+            end = replace(
+                begun,
                 duration_ms=int(seconds * 1000),
                 outcome=failure.outcome,
                 error=AttemptError(
@@ -326,16 +320,7 @@ class Delegation:
             else None
         )
         step_ms = store.record_success(
-            AttemptEnd(
-                execution_id=execution_id,
-                step_id=step.id,
-                attempt=attempt,
-                agent=agent_name,
-                task_id=delivery.task_id,
-                worker=delivery.worker,
-                started_at=started_at,
-                duration_ms=int(seconds * 1000),
-            ),
+            replace(begun, duration_ms=int(seconds * 1000)),
             result.output,
             step_started_at=aware(rows[step.id].started_at),
             execution_pending=execution_pending,
@@ -446,16 +431,10 @@ class Delegation:
         row = rows[delivery.step_id]
         failed = StepRecord(status=FAILED, output=None, error=f"{error.type}: {error.message}")
         finish = _outcome_with(context, rows, row.step_id, failed) if delivery.finalize else None
-        recorded = self.store.record_rejection(
-            row.execution_id,
-            row.step_id,
-            agent,
-            attempt,
-            error,
-            delivery.task_id,
-            delivery.worker,
-            finish=finish,
+        refused = replace(
+            _attempt_end(delivery, agent, attempt, now()), outcome=error.outcome, error=error
         )
+        recorded = self.store.record_rejection(refused, finish=finish)
         if not recorded:
             return self._envelope(row.execution_id, row.step_id)
         return Envelope(
@@ -477,6 +456,20 @@ class Delegation:
 
     def _envelope(self, execution_id: str, step_id: str) -> Envelope:
         return envelope_of(self.store.steps_by_id(execution_id, [step_id])[step_id])
+
+
+def _attempt_end(delivery: Delivery, agent: str, attempt: int, started_at: datetime) -> AttemptEnd:
+    """The audit row of an attempt that starts now; its end fills in the rest."""
+    return AttemptEnd(
+        execution_id=delivery.execution_id,
+        step_id=delivery.step_id,
+        attempt=attempt,
+        agent=agent,
+        task_id=delivery.task_id,
+        worker=delivery.worker,
+        started_at=started_at,
+        duration_ms=0,
+    )
 
 
 def _outcome_with(

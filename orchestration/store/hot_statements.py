@@ -66,12 +66,12 @@ SELECT troupe_steps.*, NULL
 FROM troupe_steps WHERE cardinality(CAST(:ids AS varchar[])) > 0
     AND execution_id = :eid AND step_id = ANY(:ids)"""
 
-EXECUTION_HEAD: Final[Any] = select(_executions.c.spec_digest, _executions.c.input).where(
-    _executions.c.id == bindparam("eid")
-)
-
 EXECUTION_HEAD_SQL: Final = """
 SELECT spec_digest, input FROM troupe_executions WHERE id = :eid"""
+# SQLite reads it as text with typed columns (PostgreSQL prepares it, see ``prepared``).
+EXECUTION_HEAD: Final = text(EXECUTION_HEAD_SQL).columns(
+    _executions.c.spec_digest, _executions.c.input
+)
 
 INSERT_ATTEMPT: Final[Any] = insert(_attempts)
 

@@ -115,8 +115,11 @@ class HotConnections:
         self.round_trips = 0
         os.register_at_fork(after_in_child=self._forget_parents)
 
-    def execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Any], int]:
-        """(rows as named tuples, row count of the last statement)."""
+    def execute(
+        self, sql: str | bytes, params: dict[str, Any] | None = None
+    ) -> tuple[list[Any], int]:
+        """(rows as named tuples, row count of the last statement). Without ``params``,
+        ``sql`` is sent as it is (e.g. already quoted by ``quote``)."""
         connection = self._connection()
         dbapi = self._engine.dialect.loaded_dbapi
         self.round_trips += 1
@@ -128,7 +131,13 @@ class HotConnections:
         except (dbapi.OperationalError, dbapi.InterfaceError) as exc:
             self._local.held = None
             connection.invalidate(exc)
-            raise OperationalError(sql, params, exc) from exc
+            shown = sql if isinstance(sql, str) else sql[:200].decode(errors="replace")
+            raise OperationalError(shown, params, exc) from exc
+
+    def quote(self, sql: str, values: tuple[Any, ...]) -> bytes:
+        """``sql`` with ``values`` quoted in by psycopg2, without a round trip."""
+        with self._connection().cursor() as cursor:
+            return bytes(cursor.mogrify(sql, values))
 
     def _connection(self) -> Any:
         held = getattr(self._local, "held", None)

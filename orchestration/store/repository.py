@@ -190,14 +190,9 @@ class Store:
             }
             for step in plan.steps
         ]
-        if self.prepared:
+        if self._hot is not None:
             # One round trip: both INSERTs as one string, one implicit transaction.
-            with self.reader.connect() as connection:
-                cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    cursor.execute(_insert_script(cursor, execution, steps))
-                finally:
-                    cursor.close()
+            self._hot.execute(_insert_script(self._hot.quote, execution, steps))
             return
         with self.engine.begin() as connection:
             connection.execute(insert(ExecutionRow), execution)
@@ -415,9 +410,7 @@ class Store:
         params.update(out=output, step_ms=step_ms)
         if execution_pending:
             parts.append(hot.MARK_EXECUTION_RUNNING_SQL)
-        if finish is not None:
-            parts.append(hot.FINISH_EXECUTION_SQL)
-            params.update(final_status=finish[0], final_output=finish[1], final_error=finish[2])
+        _finishing(parts, params, finish)
         parts.append(hot.COMPLETE_STEP_SQL)
         return step_ms if self._write(tuple(parts), params) else None
 
@@ -522,38 +515,15 @@ class Store:
 
     @_retrying
     def record_rejection(
-        self,
-        execution_id: str,
-        step_id: str,
-        agent: str,
-        attempt: int,
-        error: AttemptError,
-        task_id: str | None,
-        worker: str | None,
-        finish: tuple[str, Any, str | None] | None = None,
+        self, end: AttemptEnd, finish: tuple[str, Any, str | None] | None = None
     ) -> bool:
         """A dispatch refused before any call (breaker open, deadline passed): audited as
         an attempt, and the step fails (with ``finish``, the execution ends), in one
         round trip. False if the step had already reached a final status."""
-        stamp = now()
-        end = AttemptEnd(
-            execution_id=execution_id,
-            step_id=step_id,
-            attempt=attempt,
-            agent=agent,
-            task_id=task_id,
-            worker=worker,
-            started_at=stamp,
-            duration_ms=0,
-            outcome=error.outcome,
-            error=error,
-        )
-        params = end.params(stamp)
+        params = end.params(end.started_at)
         params["step_ms"] = 0
         parts = [hot.END_ATTEMPT_SQL]
-        if finish is not None:
-            parts.append(hot.FINISH_EXECUTION_SQL)
-            params.update(final_status=finish[0], final_output=finish[1], final_error=finish[2])
+        _finishing(parts, params, finish)
         return bool(self._write((*parts, hot.FAIL_STEP_SQL), params))
 
     @_retrying
@@ -690,6 +660,15 @@ class Store:
             return sorted({task_id for task_id in ids if task_id})
 
 
+def _finishing(
+    parts: list[str], params: dict[str, Any], finish: tuple[str, Any, str | None] | None
+) -> None:
+    """Add the execution's end (status, output, error) to a write script, if given."""
+    if finish is not None:
+        parts.append(hot.FINISH_EXECUTION_SQL)
+        params.update(final_status=finish[0], final_output=finish[1], final_error=finish[2])
+
+
 def spec_digest(spec: dict[str, Any]) -> str:
     """sha256 of a team spec's canonical JSON."""
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
@@ -700,10 +679,14 @@ _EXECUTION_COLUMNS = ("id", "team", "strategy", "spec", "spec_digest", "input", 
 _STEP_COLUMNS = ("execution_id", "step_id", "agent", "position", "level", "status", "attempts")
 
 
-def _insert_script(cursor: Any, execution: dict[str, Any], steps: list[dict[str, Any]]) -> bytes:
+def _insert_script(
+    quote: Callable[[str, tuple[Any, ...]], bytes],
+    execution: dict[str, Any],
+    steps: list[dict[str, Any]],
+) -> bytes:
     """PostgreSQL: the execution's and its steps' INSERTs as one string (psycopg2 quotes
     every value; JSON goes as its text)."""
-    head = cursor.mogrify(
+    head = quote(
         f"INSERT INTO troupe_executions ({', '.join(_EXECUTION_COLUMNS)}, created_at) "
         f"VALUES ({', '.join(['%s'] * len(_EXECUTION_COLUMNS))}, %s)",
         (
@@ -718,11 +701,9 @@ def _insert_script(cursor: Any, execution: dict[str, Any], steps: list[dict[str,
         ),
     )
     placeholders = f"({', '.join(['%s'] * len(_STEP_COLUMNS))})"
-    rows = b",".join(
-        cursor.mogrify(placeholders, tuple(step[c] for c in _STEP_COLUMNS)) for step in steps
-    )
+    rows = b",".join(quote(placeholders, tuple(step[c] for c in _STEP_COLUMNS)) for step in steps)
     columns = ", ".join(_STEP_COLUMNS)
-    return bytes(head) + f";INSERT INTO troupe_steps ({columns}) VALUES ".encode() + rows
+    return head + f";INSERT INTO troupe_steps ({columns}) VALUES ".encode() + rows
 
 
 def _aware(value: datetime) -> datetime:
