@@ -246,8 +246,8 @@ class Delegation:
                 execution_pending=execution_pending,
                 started_at=begun.started_at,
             )
-            # "cancelled": the stop came after the read; the call is under way, so its end
-            # is still audited, and the step keeps the status the stop gave it.
+            # "cancelled": the stop came after the read and the call is under way; as
+            # for a step the stop found running, its result is recorded when it ends.
             if marked == "duplicate":
                 raise _NotOurs
 
@@ -327,7 +327,7 @@ class Delegation:
             finish=finish,
         )
         if step_ms is None:
-            # Cancelled while the agent ran, or decided by another copy: what is recorded.
+            # Decided by another copy of this message: return what it recorded.
             return self._envelope(execution_id, step.id)
         return Envelope(
             execution_id=execution_id,

@@ -142,11 +142,16 @@ UPDATE troupe_executions SET status = :final_status, output = :final_output,
     error = :final_error, finished_at = :ts
 WHERE id = :eid AND status NOT IN {_EXECUTION_FINAL_SQL}"""
 
+# A successful call's result is kept even if a stop marked the step cancelled while the
+# call ran: the delegation read the execution as not cancelled before calling, so the
+# stop came after the call began, which is what a step already marked running gets too
+# (a stop cancels only steps that are pending or waiting to retry).
+_DECIDED_SQL = _sql_list(_FINAL - {CANCELLED})
 COMPLETE_STEP_SQL: Final = f"""
 UPDATE troupe_steps SET status = '{COMPLETED}', attempts = :att, output = :out,
     error_type = NULL, error_message = NULL, reason = NULL, next_attempt_at = NULL,
     started_at = COALESCE(started_at, :started), finished_at = :ts, duration_ms = :step_ms
-WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}"""
+WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_DECIDED_SQL}"""
 
 RETRY_STEP_SQL: Final = f"""
 UPDATE troupe_steps SET status = '{RETRYING}', attempts = :att,

@@ -344,6 +344,36 @@ def test_no_retry_on_fails_at_the_first_attempt(
 
 
 @pytest.mark.timeout(20)
+def test_a_call_under_way_when_the_stop_lands_keeps_its_result(
+    runtime: Any, tmp_path: Path
+) -> None:
+    """The stop arrives a few milliseconds into the first call, before its start marker
+    is due: the call's result is kept, as for a step the stop finds running, and nothing
+    after it runs."""
+    first, second = unique("stopper"), unique("after")
+    t = team(
+        {first: agent("stops_its_execution"), second: agent("ok")},
+        [{"id": "s0", "agent": first}, {"id": "s1", "agent": second}],
+    )
+    handle = t.enqueue({"dir": str(tmp_path)})
+    deadline = time.monotonic() + 10
+    while not any(row.outcome for row in runtime.store.attempts(handle.execution_id)):
+        assert time.monotonic() < deadline, "the first call never ended"
+        time.sleep(0.02)
+    time.sleep(0.3)
+
+    report = handle.report()
+    assert report.status == "cancelled"
+    assert step_of(report, "s0").status == "completed", step_of(report, "s0")
+    recorded = {row.step_id: row for row in runtime.store.steps(handle.execution_id)}
+    assert recorded["s0"].output == {"finished": "s0"}
+    assert step_of(report, "s1").status == "cancelled"
+    assert call_count(tmp_path, second) == 0
+    attempts = runtime.store.attempts(handle.execution_id)
+    assert [(a.step_id, a.outcome) for a in attempts] == [("s0", "success")]
+
+
+@pytest.mark.timeout(20)
 def test_cancel_during_a_sequential_run_never_calls_the_remaining_agents(
     runtime: Any, tmp_path: Path
 ) -> None:

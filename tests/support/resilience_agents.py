@@ -113,6 +113,16 @@ def slow(call: Any) -> dict[str, Any]:
     return {"slept": params.get("sleep", 0.3), "step": call.step_id}
 
 
+def stops_its_execution(call: Any) -> dict[str, Any]:
+    """Stops its own execution as a user would (``cancel()``), then succeeds: the stop
+    lands while this call runs, well before its start marker is due."""
+    from orchestration import execution
+
+    _record(call)
+    assert execution(call.execution_id).cancel("stopped mid-call") is True
+    return {"finished": call.step_id}
+
+
 def heartbeating(call: Any) -> dict[str, Any]:
     """Works for ``work`` seconds, calling heartbeat every ``every`` seconds."""
     params = _record(call)
