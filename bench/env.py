@@ -39,6 +39,7 @@ DB_PREFIX = "troupe_bench_"
 
 TROUPE_TABLES = (
     "troupe_attempts",
+    "troupe_levels",
     "troupe_steps",
     "troupe_heartbeats",
     "troupe_breakers",

@@ -8,7 +8,6 @@ DEFAULT_QUEUE: Final = "troupe"
 
 START_TASK: Final = "troupe.start"
 DELEGATE_TASK: Final = "troupe.delegate"
-JOIN_TASK: Final = "troupe.join"
 FINALIZE_TASK: Final = "troupe.finalize"
 
 # Execution statuses.

@@ -1,8 +1,8 @@
-"""Envelopes: what a delegation returns across the canvas instead of raising.
+"""Envelopes: what a delegation returns instead of raising.
 
-A chord's join must always run and see every branch, so a delegation that finally fails
-returns a failed envelope. Error type and message travel as strings: exceptions do not
-survive JSON faithfully. Outputs stay in the database to keep messages small.
+A level must always be counted down to its end, so a delegation that finally fails
+returns a failed envelope, as one that succeeds does. Error type and message travel as
+strings: exceptions do not survive JSON faithfully. Outputs stay in the database.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class Envelope(TypedDict):
     duration_ms: int | None
     # The execution's final status was recorded together with this step's result.
     finalized: bool
+    # This step was the last of its level (of more than one step) to be decided: its
+    # delegation moves the execution on.
+    closes_level: bool
 
 
 def envelope_of(row: StepState) -> Envelope:
@@ -52,6 +55,7 @@ def envelope_of(row: StepState) -> Envelope:
         error_message=row.error_message or row.reason,
         duration_ms=row.duration_ms,
         finalized=False,
+        closes_level=False,
     )
 
 

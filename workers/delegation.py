@@ -35,7 +35,7 @@ from orchestration.resilience.time_limit import HeartbeatMonitor, call_with_time
 from orchestration.spec import AgentSpec, StepSpec, TeamSpec, WhenOpen
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
-from orchestration.store.repository import AttemptEnd, AttemptError, Store, now
+from orchestration.store.repository import AttemptEnd, AttemptError, Decided, Store, now
 from workflows.conditions import compile_condition
 from workflows.outcome import StepRecord, decide_outcome
 from workflows.plan import ExecutionPlan, PlannedStep, build_plan
@@ -137,18 +137,20 @@ class Delegation:
             # A redelivered message for a step already done: return what was recorded.
             return envelope_of(row)
         if execution_status == CANCELLED:
-            return self._without_call(row, CANCELLED, None, "execution cancelled")
+            # The stop ended the execution: nothing moves it on.
+            return self._without_call(row, CANCELLED, None, "execution cancelled", None)
+        level = context.plan.counted_level(step)
         if row.status == PENDING:
             blocked_by = _failed_dependency(step, rows)
             if blocked_by:
                 reason = f"upstream step {blocked_by!r} did not complete"
-                return self._without_call(row, SKIPPED, SKIP_UPSTREAM, reason)
+                return self._without_call(row, SKIPPED, SKIP_UPSTREAM, reason, level)
             if step.when:
                 outcome = compile_condition(step.when).evaluate(
                     context.input, {sid: _condition_view(rows[sid]) for sid in step.visible}
                 )
                 if not outcome.value:
-                    return self._without_call(row, SKIPPED, SKIP_CONDITION, outcome.reason)
+                    return self._without_call(row, SKIPPED, SKIP_CONDITION, outcome.reason, level)
 
         attempt = delivery.attempt
         # begin_attempt raises `attempts` with the attempt row, so a lower count means
@@ -301,6 +303,7 @@ class Delegation:
                 failure,
                 deadline,
                 execution_pending=execution_pending,
+                level=context.plan.counted_level(step),
             )
         seconds = time.perf_counter() - started
         self.breakers.record_call(
@@ -319,14 +322,15 @@ class Delegation:
             if delivery.finalize
             else None
         )
-        step_ms = store.record_success(
+        decided = store.record_success(
             replace(begun, duration_ms=int(seconds * 1000)),
             result.output,
             step_started_at=aware(rows[step.id].started_at),
             execution_pending=execution_pending,
             finish=finish,
+            level=context.plan.counted_level(step),
         )
-        if step_ms is None:
+        if decided is None:
             # Decided by another copy of this message: return what it recorded.
             return self._envelope(execution_id, step.id)
         return Envelope(
@@ -336,8 +340,9 @@ class Delegation:
             attempts=attempt,
             error_type=None,
             error_message=None,
-            duration_ms=step_ms,
+            duration_ms=decided.step_ms,
             finalized=finish is not None,
+            closes_level=decided.closes_level,
         )
 
     def _after_failure(
@@ -351,6 +356,7 @@ class Delegation:
         deadline: datetime | None,
         *,
         execution_pending: bool,
+        level: int | None,
     ) -> Envelope | RetryLater:
         store = self.store
         attempt = end.attempt
@@ -373,10 +379,13 @@ class Delegation:
                     outcome=failure.outcome,
                 ),
             )
-        store.record_failure(
-            end, step_started_at=aware(row.started_at), execution_pending=execution_pending
+        decided = store.record_failure(
+            end,
+            step_started_at=aware(row.started_at),
+            execution_pending=execution_pending,
+            level=level,
         )
-        return self._envelope(row.execution_id, row.step_id)
+        return self._envelope(row.execution_id, row.step_id, decided)
 
     # --- breaker open -----------------------------------------------------------------
 
@@ -434,8 +443,10 @@ class Delegation:
         refused = replace(
             _attempt_end(delivery, agent, attempt, now()), outcome=error.outcome, error=error
         )
-        recorded = self.store.record_rejection(refused, finish=finish)
-        if not recorded:
+        decided = self.store.record_rejection(
+            refused, finish=finish, level=context.plan.counted_level(context.plan.step(row.step_id))
+        )
+        if decided is None:
             return self._envelope(row.execution_id, row.step_id)
         return Envelope(
             execution_id=row.execution_id,
@@ -446,16 +457,25 @@ class Delegation:
             error_message=error.message,
             duration_ms=0,
             finalized=finish is not None,
+            closes_level=decided.closes_level,
         )
 
     def _without_call(
-        self, row: StepState, status: str, cause: str | None, reason: str
+        self, row: StepState, status: str, cause: str | None, reason: str, level: int | None
     ) -> Envelope:
-        self.store.finish_step_without_call(row.execution_id, row.step_id, status, cause, reason)
-        return self._envelope(row.execution_id, row.step_id)
+        decided = self.store.finish_step_without_call(
+            row.execution_id, row.step_id, status, cause, reason, level
+        )
+        return self._envelope(row.execution_id, row.step_id, decided)
 
-    def _envelope(self, execution_id: str, step_id: str) -> Envelope:
-        return envelope_of(self.store.steps_by_id(execution_id, [step_id])[step_id])
+    def _envelope(
+        self, execution_id: str, step_id: str, decided: Decided | None = None
+    ) -> Envelope:
+        """The step's recorded envelope; ``decided``: by this delegation's write."""
+        envelope = envelope_of(self.store.steps_by_id(execution_id, [step_id])[step_id])
+        if decided is not None:
+            envelope["closes_level"] = decided.closes_level
+        return envelope
 
 
 def _attempt_end(delivery: Delivery, agent: str, attempt: int, started_at: datetime) -> AttemptEnd:

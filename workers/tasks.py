@@ -14,7 +14,6 @@ from orchestration.constants import (
     DELEGATE_TASK,
     FINALIZE_TASK,
     HEARTBEAT_TASK,
-    JOIN_TASK,
     REAP_TASK,
     START_TASK,
     STEP_FINAL,
@@ -65,25 +64,34 @@ def _fresh_connections(**_: Any) -> None:
 def start(execution_id: str, resume: bool = False) -> str:
     """Compile the execution's canvas from its recorded plan and publish it.
 
-    Resuming (the reaper found it stalled), only the levels from the first unfinished
-    one are published, each step carrying the number of its next attempt.
+    Resuming (the reaper found it stalled), only the unfinished steps from the first
+    unfinished level on are published, each carrying the number of its next attempt.
     """
     state = store()
     plan = load_context(state, execution_id).plan
-    from_level, attempts = 0, None
+    from_level, attempts, done = 0, None, frozenset[str]()
     if resume:
         steps = state.steps(execution_id)
         unfinished = [row for row in steps if row.status not in STEP_FINAL]
         from_level = min((row.level for row in unfinished), default=len(plan.levels))
         attempts = resume_attempts(steps)
+        done = frozenset(row.step_id for row in steps if row.status in STEP_FINAL)
     canvas = compile_canvas(
-        plan, execution_id, get_settings().queue, app, from_level=from_level, attempts=attempts
+        plan,
+        execution_id,
+        get_settings().queue,
+        app,
+        from_level=from_level,
+        attempts=attempts,
+        done=done,
     )
     canvas.apply_async()
     return execution_id
 
 
-@app.task(name=DELEGATE_TASK, bind=True, max_retries=None, acks_late=True)
+# No result is stored: the database holds every step's state, and nothing reads a
+# delegation's result from the backend (storing it cost a Redis round trip each).
+@app.task(name=DELEGATE_TASK, bind=True, max_retries=None, acks_late=True, ignore_result=True)
 def delegate(
     self: Task,
     execution_id: str,
@@ -104,8 +112,8 @@ def delegate(
         )
     )
     if decision is None:
-        # Stale copy of an attempt whose successor is already queued: neither result nor
-        # chord counter may move, so tell Celery to forget this message.
+        # Stale copy of an attempt whose successor is already queued: nothing may move,
+        # so tell Celery to forget this message.
         raise Ignore()
     if isinstance(decision, RetryLater):
         raise self.retry(
@@ -119,23 +127,27 @@ def delegate(
         )
     if decision["finalized"]:
         log.info("execution %s finalized: with its last step", execution_id)
+    elif decision["closes_level"]:
+        move_on(execution_id, step_id)
     elif finalize:
         finish_execution(execution_id)
     return decision
 
 
-@app.task(name=JOIN_TASK)
-def join(
-    envelopes: list[Envelope], execution_id: str, level: int, finalize: bool = False
-) -> dict[str, Any]:
-    """A chord body: every branch of a level has reported (failed ones as envelopes)."""
-    statuses: dict[str, int] = {}
-    for envelope in envelopes:
-        statuses[envelope["status"]] = statuses.get(envelope["status"], 0) + 1
-    log.debug("execution %s level %d joined: %s", execution_id, level, statuses)
-    if finalize:
+def move_on(execution_id: str, step_id: str) -> None:
+    """The step just decided was its level's last: publish the rest of the execution,
+    or finish it after its last level.
+
+    A worker that dies between the countdown's commit and this publish leaves the
+    execution stalled; the reaper resumes it from its first unfinished level."""
+    plan = load_context(store(), execution_id).plan
+    level = plan.step(step_id).level
+    log.debug("execution %s level %d decided", execution_id, level)
+    if level == plan.last_level:
         finish_execution(execution_id)
-    return {"execution_id": execution_id, "level": level, "statuses": statuses}
+        return
+    rest = compile_canvas(plan, execution_id, get_settings().queue, app, from_level=level + 1)
+    rest.apply_async()
 
 
 @app.task(name=FINALIZE_TASK)

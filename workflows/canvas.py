@@ -1,22 +1,27 @@
 """ExecutionPlan → Celery canvas. Pure: builds signatures by task name, publishes nothing.
 
-Each level of the plan becomes one delegation (a single step) or a chord of delegations
-whose body is a join. The last level finalises the execution itself (its delegation or its
-join carries ``finalize=True``), which saves a whole hop per execution; a separate
-finalize task is used only when nothing is left to run. Every signature is immutable
-(``si``) except the join, which receives the level's envelopes: state flows through the
-database, not through task results.
+Levels of one step become a chain of delegations. A level of several steps becomes a
+group, and ends the canvas: its members count the level down in the database as each is
+decided (``troupe_levels``), and the delegation that decides the last one publishes the
+rest of the execution, compiled from the next level. That replaces Celery's chord, whose
+counter and result list live in Redis and which needs every member's result stored and a
+join task; here no delegation stores a result, since state flows through the database.
+
+The last level finalizes the execution itself: its delegation carries ``finalize=True``,
+or, for a level of several steps, the delegation that closes it finishes the execution.
+A separate finalize task is used only when nothing is left to run. Every signature is
+immutable (``si``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from celery import chain, chord, group, signature
+from celery import chain, group, signature
 from celery.canvas import Signature
 
-from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK, JOIN_TASK
+from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK
 from workflows.plan import ExecutionPlan, PlannedStep
 
 
@@ -43,32 +48,29 @@ def compile_canvas(
     *,
     from_level: int = 0,
     attempts: Mapping[str, int] | None = None,
+    done: Collection[str] = (),
 ) -> Signature:
-    """The whole execution, or (resuming) its levels from ``from_level`` on, with each
-    step's next attempt number taken from ``attempts`` (default 1)."""
+    """The execution from ``from_level`` up to its next level of several steps, which
+    its closing delegation continues. Resuming, each step carries its next attempt
+    number from ``attempts`` (default 1), and steps in ``done`` are left out."""
     parts: list[Signature] = []
     next_attempt = attempts or {}
-    last = len(plan.levels) - 1
-    for index, level in enumerate(plan.levels):
-        if index < from_level:
-            continue
+    for index in range(from_level, len(plan.levels)):
         members = [
             delegation_signature(execution_id, plan.step(sid), queue, app, next_attempt.get(sid, 1))
-            for sid in level
+            for sid in plan.levels[index]
+            if sid not in done
         ]
-        if len(members) == 1:
-            if index == last:
+        if len(plan.levels[index]) == 1:
+            if members and index == plan.last_level:
                 members[0].kwargs["finalize"] = True
-            parts.append(members[0])
+            parts.extend(members)
             continue
-        join = signature(
-            JOIN_TASK,
-            args=(execution_id, index),
-            kwargs={"finalize": index == last},
-            app=app,
-            options={"queue": queue},
-        )
-        parts.append(chord(group(members, app=app), join, app=app))
+        if members:
+            parts.append(group(members, app=app) if len(members) > 1 else members[0])
+            break
+        # Every step of this level is decided already: its closer moved on, or died
+        # before it could (then the reaper resumes here), so carry on with the next.
     if not parts:
         parts.append(
             signature(

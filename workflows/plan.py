@@ -58,6 +58,16 @@ class ExecutionPlan:
     def step(self, step_id: str) -> PlannedStep:
         return self._index()[step_id]
 
+    def counted_level(self, step: PlannedStep) -> int | None:
+        """The step's level if it shares it with other steps: then the level's last
+        decided step moves the execution on (the level is counted down). None for a
+        level of one step, which its chain moves on."""
+        return step.level if len(self.levels[step.level]) > 1 else None
+
+    @property
+    def last_level(self) -> int:
+        return len(self.levels) - 1
+
     def _index(self) -> dict[str, PlannedStep]:
         cached: dict[str, PlannedStep] | None = self.__dict__.get("_by_id")
         if cached is None:

@@ -165,6 +165,33 @@ UPDATE troupe_steps SET status = 'failed', attempts = :att,
     started_at = COALESCE(started_at, :started), finished_at = :ts, duration_ms = :step_ms
 WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}"""
 
+# --- the countdown of a level of more than one step ------------------------------------
+#
+# The write that decides a step of such a level also counts the level down, so the
+# delegation learns in the same round trip whether it decided the level's last step (and
+# moves the execution on). The level's row stays locked from this UPDATE to the commit,
+# so concurrent members count down one after another and exactly one sees zero.
+
+COUNT_DOWN_SQL: Final = """
+UPDATE troupe_levels SET remaining = remaining - 1
+WHERE execution_id = :eid AND level = :level
+RETURNING remaining"""
+
+
+def _counted(step_sql: str) -> str:
+    """PostgreSQL: ``step_sql`` and, only if it decided the step, the countdown, as one
+    statement that returns the level's remaining count (no row: not decided here)."""
+    return f"""
+WITH decided AS ({step_sql}
+RETURNING 1)
+UPDATE troupe_levels SET remaining = remaining - 1
+WHERE execution_id = :eid AND level = :level AND EXISTS (SELECT 1 FROM decided)
+RETURNING remaining"""
+
+
+# The step's write and its level's countdown in one statement (SQLite runs the two).
+COUNTED: Final = {sql: _counted(sql) for sql in (COMPLETE_STEP_SQL, FAIL_STEP_SQL)}
+
 # Every statement a write script may contain (PostgreSQL prepares them all).
 WRITE_SQL: Final = (
     END_ATTEMPT_SQL,
@@ -173,6 +200,7 @@ WRITE_SQL: Final = (
     COMPLETE_STEP_SQL,
     RETRY_STEP_SQL,
     FAIL_STEP_SQL,
+    *COUNTED.values(),
 )
 
 _BIND_TYPES: Final[dict[str, Any]] = {

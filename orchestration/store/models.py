@@ -70,6 +70,20 @@ class StepRow(Base):
     next_attempt_at: Mapped[datetime | None]
 
 
+class LevelRow(Base):
+    """A level of more than one step: how many of its steps are not yet decided. The
+    delegation whose write brings ``remaining`` to zero moves the execution on."""
+
+    __tablename__ = "troupe_levels"
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    remaining: Mapped[int] = mapped_column(Integer)
+
+
 class AttemptRow(Base):
     """The audit trail: one row per attempt of every delegation."""
 

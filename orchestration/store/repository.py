@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import (
@@ -39,7 +39,14 @@ from orchestration.errors import ExecutionNotFound
 from orchestration.store import hot_statements as hot
 from orchestration.store import prepared
 from orchestration.store.database import get_autocommit_engine, get_engine
-from orchestration.store.models import AgentRow, AttemptRow, ExecutionRow, HeartbeatRow, StepRow
+from orchestration.store.models import (
+    AgentRow,
+    AttemptRow,
+    ExecutionRow,
+    HeartbeatRow,
+    LevelRow,
+    StepRow,
+)
 from workflows.plan import ExecutionPlan
 
 P = ParamSpec("P")
@@ -91,6 +98,17 @@ def _retrying(fn: Callable[P, R]) -> Callable[P, R]:
         stop=stop_after_delay(120),
         reraise=True,
     )(fn)
+
+
+@dataclass(frozen=True)
+class Decided:
+    """This write decided the step (no other copy of its message had)."""
+
+    # From the step's first start to now, when it was known (else the attempt's).
+    step_ms: int = 0
+    # The step was the last of its level (of more than one step) to be decided: the
+    # writer moves the execution on.
+    closes_level: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,13 +208,22 @@ class Store:
             }
             for step in plan.steps
         ]
+        levels = [
+            {"execution_id": execution_id, "level": index, "size": len(level)}
+            for index, level in enumerate(plan.levels)
+            if len(level) > 1
+        ]
         if self._hot is not None:
-            # One round trip: both INSERTs as one string, one implicit transaction.
-            self._hot.execute(_insert_script(self._hot.quote, execution, steps))
+            # One round trip: the INSERTs as one string, one implicit transaction.
+            self._hot.execute(_insert_script(self._hot.quote, execution, steps, levels))
             return
         with self.engine.begin() as connection:
             connection.execute(insert(ExecutionRow), execution)
             connection.execute(insert(StepRow), steps)
+            if levels:
+                connection.execute(
+                    insert(LevelRow), [{**level, "remaining": level["size"]} for level in levels]
+                )
 
     @_retrying
     def execution_head(self, execution_id: str) -> tuple[str | None, Any]:
@@ -378,16 +405,27 @@ class Store:
                 )
             )
 
-    def _write(self, parts: tuple[str, ...], params: dict[str, Any]) -> int:
-        """Run one write script (statements of ``hot_statements``); the row count of its
-        last statement."""
+    def _write(
+        self, parts: tuple[str, ...], params: dict[str, Any], level: int | None = None
+    ) -> tuple[bool, bool]:
+        """Run one write script (statements of ``hot_statements``) whose last statement
+        decides a step; with ``level`` (a level of more than one step), count that level
+        down if it did. Returns (the step was decided here, its level is now closed)."""
         if self._hot is not None:
-            return self._hot.execute(prepared.script(parts), prepared.values(params))[1]
-        count = 0
+            if level is not None:
+                parts = (*parts[:-1], hot.COUNTED[parts[-1]])
+                params = {**params, "level": level}
+            rows, count = self._hot.execute(prepared.script(parts), prepared.values(params))
+            if level is None:
+                return bool(count), False
+            return bool(rows), bool(rows) and rows[0][0] == 0
         with self.engine.begin() as connection:
+            count = 0
             for clause in hot.write_script(*parts):
                 count = int(connection.execute(clause, params).rowcount)
-        return count
+            if not count or level is None:
+                return bool(count), False
+            return True, _count_down(connection, params["eid"], level)
 
     @_retrying
     def record_success(
@@ -398,11 +436,12 @@ class Store:
         step_started_at: datetime | None = None,
         execution_pending: bool = False,
         finish: tuple[str, Any, str | None] | None = None,
-    ) -> int | None:
+        level: int | None = None,
+    ) -> Decided | None:
         """The attempt's row, the step's result and (``finish``: status, output, error)
-        the execution's end, in one round trip. Returns the step's duration in ms (from
-        its first start, when known), or None if the step had already reached a final
-        status (cancelled meanwhile, or decided by another copy of the message)."""
+        the execution's end, in one round trip; ``level``: the step's level of more than
+        one step, counted down. None if the step had already reached a final status
+        (cancelled meanwhile, or decided by another copy of the message)."""
         stamp = now()
         step_ms = _elapsed_ms(step_started_at or end.started_at, stamp, end.duration_ms)
         parts = [hot.END_ATTEMPT_SQL]
@@ -412,7 +451,8 @@ class Store:
             parts.append(hot.MARK_EXECUTION_RUNNING_SQL)
         _finishing(parts, params, finish)
         parts.append(hot.COMPLETE_STEP_SQL)
-        return step_ms if self._write(tuple(parts), params) else None
+        decided, closes = self._write(tuple(parts), params, level)
+        return Decided(step_ms, closes) if decided else None
 
     @_retrying
     def record_retry(
@@ -432,27 +472,39 @@ class Store:
         *,
         step_started_at: datetime | None = None,
         execution_pending: bool = False,
-    ) -> None:
+        level: int | None = None,
+    ) -> Decided | None:
         stamp = now()
         params = end.params(stamp)
         params["step_ms"] = _elapsed_ms(step_started_at or end.started_at, stamp, end.duration_ms)
         parts = [hot.END_ATTEMPT_SQL]
         if execution_pending:
             parts.append(hot.MARK_EXECUTION_RUNNING_SQL)
-        self._write((*parts, hot.FAIL_STEP_SQL), params)
+        decided, closes = self._write((*parts, hot.FAIL_STEP_SQL), params, level)
+        return Decided(params["step_ms"], closes) if decided else None
 
     @_retrying
     def finish_step_without_call(
-        self, execution_id: str, step_id: str, status: str, cause: str | None, reason: str
-    ) -> None:
+        self,
+        execution_id: str,
+        step_id: str,
+        status: str,
+        cause: str | None,
+        reason: str,
+        level: int | None = None,
+    ) -> Decided | None:
         """Skipped or cancelled: the agent is never called, so no attempt row."""
         assert status in (SKIPPED, CANCELLED)
-        with self.session() as session, session.begin():
-            session.execute(
+        with self.engine.begin() as connection:
+            result = connection.execute(
                 _unfinished_step(execution_id, step_id).values(
                     status=status, skip_cause=cause, reason=reason, finished_at=now()
                 )
             )
+            if not result.rowcount:
+                return None
+            closes = level is not None and _count_down(connection, execution_id, level)
+            return Decided(0, closes)
 
     @_retrying
     def renew_lease(self, execution_id: str, step_id: str, attempt: int, progress: Any) -> None:
@@ -515,16 +567,20 @@ class Store:
 
     @_retrying
     def record_rejection(
-        self, end: AttemptEnd, finish: tuple[str, Any, str | None] | None = None
-    ) -> bool:
+        self,
+        end: AttemptEnd,
+        finish: tuple[str, Any, str | None] | None = None,
+        level: int | None = None,
+    ) -> Decided | None:
         """A dispatch refused before any call (breaker open, deadline passed): audited as
         an attempt, and the step fails (with ``finish``, the execution ends), in one
-        round trip. False if the step had already reached a final status."""
+        round trip. None if the step had already reached a final status."""
         params = end.params(end.started_at)
         params["step_ms"] = 0
         parts = [hot.END_ATTEMPT_SQL]
         _finishing(parts, params, finish)
-        return bool(self._write((*parts, hot.FAIL_STEP_SQL), params))
+        decided, closes = self._write((*parts, hot.FAIL_STEP_SQL), params, level)
+        return Decided(0, closes) if decided else None
 
     @_retrying
     def open_attempts(self, older_than: datetime) -> list[AttemptRow]:
@@ -660,6 +716,15 @@ class Store:
             return sorted({task_id for task_id in ids if task_id})
 
 
+def _count_down(connection: Any, execution_id: str, level: int) -> bool:
+    """Inside the transaction that decided a step of ``level``: count the level down;
+    True if that was its last undecided step."""
+    remaining = connection.execute(
+        text(hot.COUNT_DOWN_SQL), {"eid": execution_id, "level": level}
+    ).scalar()
+    return bool(remaining == 0)
+
+
 def _finishing(
     parts: list[str], params: dict[str, Any], finish: tuple[str, Any, str | None] | None
 ) -> None:
@@ -683,9 +748,10 @@ def _insert_script(
     quote: Callable[[str, tuple[Any, ...]], bytes],
     execution: dict[str, Any],
     steps: list[dict[str, Any]],
+    levels: list[dict[str, Any]],
 ) -> bytes:
-    """PostgreSQL: the execution's and its steps' INSERTs as one string (psycopg2 quotes
-    every value; JSON goes as its text)."""
+    """PostgreSQL: the INSERTs of the execution, its steps and its levels' countdowns
+    as one string (psycopg2 quotes every value; JSON goes as its text)."""
     head = quote(
         f"INSERT INTO troupe_executions ({', '.join(_EXECUTION_COLUMNS)}, created_at) "
         f"VALUES ({', '.join(['%s'] * len(_EXECUTION_COLUMNS))}, %s)",
@@ -703,7 +769,15 @@ def _insert_script(
     placeholders = f"({', '.join(['%s'] * len(_STEP_COLUMNS))})"
     rows = b",".join(quote(placeholders, tuple(step[c] for c in _STEP_COLUMNS)) for step in steps)
     columns = ", ".join(_STEP_COLUMNS)
-    return head + f";INSERT INTO troupe_steps ({columns}) VALUES ".encode() + rows
+    script = head + f";INSERT INTO troupe_steps ({columns}) VALUES ".encode() + rows
+    if levels:
+        counts = b",".join(
+            quote("(%s, %s, %s, %s)", (lv["execution_id"], lv["level"], lv["size"], lv["size"]))
+            for lv in levels
+        )
+        script += b";INSERT INTO troupe_levels (execution_id, level, size, remaining) VALUES "
+        script += counts
+    return script
 
 
 def _aware(value: datetime) -> datetime:

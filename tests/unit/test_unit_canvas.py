@@ -1,9 +1,10 @@
-"""compile_canvas: one delegation or one chord per level; the last level finalizes the
-execution itself (finalize=True). Nothing is published."""
+"""compile_canvas: a chain of single delegations up to the next level of several steps,
+a group that ends the canvas (the delegation that closes it publishes the rest); the
+last level finalizes the execution itself. Nothing is published."""
 
 import pytest
 import yaml
-from celery.canvas import Signature, _chain, _chord
+from celery.canvas import Signature, _chain, _chord, group
 
 from orchestration.team_file import parse_team
 from workflows.canvas import compile_canvas
@@ -48,17 +49,13 @@ def assert_finalize(sig):
     assert sig.options["queue"] == QUEUE
 
 
-def assert_join_chord(part, level_index, members, *, finalizes=False):
-    assert isinstance(part, _chord)
+def assert_counted_group(part, members):
+    """A level of several steps: a plain group (no chord, no join), counted down in the
+    database; no member finalizes, the one that closes the level does."""
+    assert isinstance(part, group) and not isinstance(part, _chord)
     assert len(part.tasks) == len(members)
     for sig, (step_id, agent) in zip(part.tasks, members, strict=True):
         assert_delegation(sig, step_id, agent)
-    assert part.body.task == "troupe.join"
-    assert part.body.args == (EXECUTION, level_index)
-    assert part.body.kwargs == {"finalize": finalizes}
-    assert part.body.options["queue"] == QUEUE
-    # The join receives the level's results, so it is the one mutable signature.
-    assert part.body.immutable is False
 
 
 def test_sequential_is_a_chain_whose_last_delegation_finalizes():
@@ -70,23 +67,35 @@ def test_sequential_is_a_chain_whose_last_delegation_finalizes():
     assert_delegation(last, "c", "scout", finalizes=True)
 
 
-def test_parallel_is_one_chord_whose_join_finalizes():
+def test_parallel_is_one_counted_group():
     canvas = canvas_for("parallel", ("a", "scout"), ("b", "judge"))
-    assert_join_chord(canvas, 0, [("a", "scout"), ("b", "judge")], finalizes=True)
+    assert_counted_group(canvas, [("a", "scout"), ("b", "judge")])
 
 
-def test_diamond_dag_mixes_single_delegations_and_a_chord():
-    canvas = canvas_for(
-        "dag",
-        ("a", "scout"),
-        ("b", "judge", ["a"]),
-        ("c", "scout", ["a"]),
-        ("d", "judge", ["b", "c"]),
-    )
-    first, middle, last = canvas.tasks
+DIAMOND = (
+    ("a", "scout"),
+    ("b", "judge", ["a"]),
+    ("c", "scout", ["a"]),
+    ("d", "judge", ["b", "c"]),
+)
+
+
+def test_diamond_dag_chains_up_to_its_wide_level_which_publishes_the_rest():
+    canvas = canvas_for("dag", *DIAMOND)
+    first, middle = canvas.tasks
     assert_delegation(first, "a", "scout")
-    assert_join_chord(middle, 1, [("b", "judge"), ("c", "scout")])
-    assert_delegation(last, "d", "judge", finalizes=True)
+    assert_counted_group(middle, [("b", "judge"), ("c", "scout")])
+    # What the delegation closing level 1 publishes:
+    rest = compile_canvas(plan_for("dag", *DIAMOND), EXECUTION, QUEUE, from_level=2)
+    assert_delegation(rest, "d", "judge", finalizes=True)
+
+
+def test_resuming_a_wide_level_publishes_only_its_unfinished_steps():
+    plan = plan_for("dag", *DIAMOND)
+    canvas = compile_canvas(
+        plan, EXECUTION, QUEUE, from_level=1, attempts={"c": 2, "d": 1}, done={"a", "b"}
+    )
+    assert_delegation(canvas, "c", "scout", attempt=2)
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "parallel", "dag"])

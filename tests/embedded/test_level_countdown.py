@@ -1,0 +1,183 @@
+"""A level of several steps is counted down in the database, and exactly one delegation,
+the one whose write decides the level's last step, learns that it closed the level.
+
+The race runs in 8 spawned OS processes released together by a barrier, on SQLite and
+on PostgreSQL (where the write is one prepared multi-statement round trip), so the
+database, not a Python lock, is what has to keep the count exact.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import create_engine, text
+
+from orchestration.store.database import ensure_schema, get_engine
+from orchestration.store.repository import Store
+from orchestration.team_file import parse_team
+from tests.support import countdown
+from workflows.plan import build_plan
+
+pytestmark = pytest.mark.timeout(90)
+
+PROCESSES = 8
+# Every way a step gets decided counts: a result, a failure, a refused dispatch, a skip.
+HOW = ["success", "failure", "rejection", "skip"] * (PROCESSES // 4)
+
+
+@pytest.fixture(scope="module")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('countdown') / 'state.db'}"
+    ensure_schema(url, auto_upgrade=True)
+    return url
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres: Any) -> Iterator[str]:
+    database = f"troupe_test_{os.getpid()}_countdown"
+    url = postgres.create(database)
+    try:
+        ensure_schema(url, auto_upgrade=True)
+        yield url
+    finally:
+        get_engine(url).dispose()
+        postgres.drop(database)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Any]:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(PROCESSES)
+    workers = context.Pool(PROCESSES, initializer=countdown.pool_init, initargs=(barrier,))
+    try:
+        yield workers
+    finally:
+        workers.terminate()
+        workers.join()
+
+
+def team(width: int) -> Any:
+    data = {
+        "name": "countdown",
+        "agents": {"a": {"target": "json:dumps"}},
+        "workflow": {
+            "strategy": "dag",
+            "steps": [
+                *({"id": f"s{i}", "agent": "a"} for i in range(width)),
+                {"id": "after", "agent": "a", "after": [f"s{i}" for i in range(width)]},
+            ],
+        },
+    }
+    return parse_team(yaml.safe_dump(data), source="countdown.yaml")
+
+
+def enqueue(url: str, width: int) -> str:
+    spec = team(width)
+    execution_id = str(uuid.uuid4())
+    Store(url).create_execution(
+        execution_id, spec.model_dump(mode="json"), build_plan(spec), input_value=None
+    )
+    return execution_id
+
+
+def remaining(url: str, execution_id: str) -> list[tuple[int, int, int]]:
+    with get_engine(url).connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT level, size, remaining FROM troupe_levels "
+                "WHERE execution_id = :id ORDER BY level"
+            ),
+            {"id": execution_id},
+        )
+        return [tuple(row) for row in rows]
+
+
+def race(pool: Any, url: str, execution_id: str, steps: list[str]) -> list[Any]:
+    pids = pool.starmap_async(countdown.pool_warm, [(url,)] * PROCESSES, chunksize=1).get(60)
+    assert len(set(pids)) == PROCESSES
+    jobs = [(url, execution_id, sid, how) for sid, how in zip(steps, HOW, strict=True)]
+    return list(pool.starmap_async(countdown.pool_decide, jobs, chunksize=1).get(60))
+
+
+def test_only_levels_of_several_steps_are_counted(url: str) -> None:
+    execution_id = enqueue(url, PROCESSES)
+    # Level 0 holds the 8 parallel steps; level 1 ("after") is one step, moved on by
+    # its chain, so it has no countdown.
+    assert remaining(url, execution_id) == [(0, PROCESSES, PROCESSES)]
+
+
+def test_the_write_that_decides_a_levels_last_step_and_only_it_closes_the_level(
+    url: str, pool: Any
+) -> None:
+    execution_id = enqueue(url, PROCESSES)
+    results = race(pool, url, execution_id, [f"s{i}" for i in range(PROCESSES)])
+
+    closers = [sid for sid, closes in results if closes]
+    assert len(closers) == 1, results
+    assert all(closes is not None for _, closes in results), results
+    assert remaining(url, execution_id) == [(0, PROCESSES, 0)]
+
+
+def test_a_step_decided_twice_is_counted_once(url: str, pool: Any) -> None:
+    """Every process decides the same step (copies of one message, or a late retry):
+    one write decides it, the others find it decided and count nothing."""
+    execution_id = enqueue(url, PROCESSES)
+    results = race(pool, url, execution_id, ["s0"] * PROCESSES)
+
+    assert sum(closes is not None for _, closes in results) == 1, results
+    assert not any(closes for _, closes in results), results
+    assert remaining(url, execution_id) == [(0, PROCESSES, PROCESSES - 1)]
+
+
+def test_an_execution_under_way_at_the_upgrade_gets_its_countdowns(tmp_path: Path) -> None:
+    """Migration 0006 counts the undecided steps of every unfinished execution's wide
+    levels, so those executions carry on after the upgrade."""
+    from alembic import command
+
+    from orchestration.store.database import _alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    config = _alembic_config(url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+    steps = [("a", 0, "completed"), ("b", 0, "running"), ("c", 0, "pending"), ("d", 1, "pending")]
+    with engine.begin() as connection:
+        for execution_id, status in (("live", "running"), ("over", "completed")):
+            connection.execute(
+                text(
+                    "INSERT INTO troupe_executions (id, team, strategy, spec, status, created_at)"
+                    " VALUES (:id, 't', 'dag', '{}', :status, '2026-11-22 10:00:00')"
+                ),
+                {"id": execution_id, "status": status},
+            )
+            for position, (sid, level, step_status) in enumerate(steps):
+                connection.execute(
+                    text(
+                        "INSERT INTO troupe_steps (execution_id, step_id, agent, position, level,"
+                        " status, attempts) VALUES (:e, :s, 'x', :p, :l, :st, 0)"
+                    ),
+                    {"e": execution_id, "s": sid, "p": position, "l": level, "st": step_status},
+                )
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT execution_id, level, size, remaining FROM troupe_levels")
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in rows] == [("live", 0, 3, 2)]

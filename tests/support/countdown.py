@@ -1,0 +1,65 @@
+"""Functions the level-countdown tests run in spawned processes, released together."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_barrier: Any = None
+_stores: dict[str, Any] = {}
+
+
+def pool_init(barrier: Any) -> None:
+    global _barrier
+    _barrier = barrier
+
+
+def _store(url: str) -> Any:
+    from orchestration.store.repository import Store
+
+    if url not in _stores:
+        _stores[url] = Store(url)
+    return _stores[url]
+
+
+def pool_warm(url: str) -> int:
+    _store(url).engine.connect().close()
+    _barrier.wait(60)
+    return os.getpid()
+
+
+def pool_decide(url: str, execution_id: str, step_id: str, how: str) -> tuple[str, bool | None]:
+    """Wait for every process, then decide one step of level 0 the way ``how`` says:
+    (step id, whether this closed the level; None if the step was decided already)."""
+    from orchestration.constants import SKIP_CONDITION, SKIPPED
+    from orchestration.store.repository import AttemptEnd, AttemptError, now
+
+    store = _store(url)
+    end = AttemptEnd(
+        execution_id=execution_id,
+        step_id=step_id,
+        attempt=1,
+        agent="a",
+        task_id=None,
+        worker=f"pid-{os.getpid()}",
+        started_at=now(),
+        duration_ms=1,
+    )
+    _barrier.wait(60)
+    if how == "success":
+        decided = store.record_success(end, {"step": step_id}, level=0)
+    elif how == "failure":
+        error = AttemptError(type="Boom", message="boom", outcome="error")
+        decided = store.record_failure(
+            AttemptEnd(**{**end.__dict__, "outcome": "error", "error": error}), level=0
+        )
+    elif how == "rejection":
+        error = AttemptError(type="CircuitOpen", message="open", outcome="rejected")
+        decided = store.record_rejection(
+            AttemptEnd(**{**end.__dict__, "outcome": "rejected", "error": error}), level=0
+        )
+    else:
+        decided = store.finish_step_without_call(
+            execution_id, step_id, SKIPPED, SKIP_CONDITION, "condition false", 0
+        )
+    return step_id, None if decided is None else decided.closes_level
