@@ -69,7 +69,7 @@ def _measure(args: argparse.Namespace) -> int:
     from workers.delegation import Delivery
 
     deliveries = [
-        Delivery(execution_id, step.id, 1, task_id=f"t-{i}", worker="profile", finalize=False)
+        Delivery(execution_id, step.id, 1, task_id=f"t-{i}", worker="profile")
         for i, step in enumerate(plan.steps)
     ]
     hot_before = runner.store.hot_round_trips

@@ -40,8 +40,8 @@ class Envelope(TypedDict):
     duration_ms: int | None
     # The execution's final status was recorded together with this step's result.
     finalized: bool
-    # This step was the last of its level (of more than one step) to be decided: its
-    # delegation moves the execution on.
+    # This step was the last of its level to be decided (by this delegation's write):
+    # the delegation moves the execution on.
     closes_level: bool
 
 

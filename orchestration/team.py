@@ -18,7 +18,7 @@ from orchestration.spec import TeamSpec
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.repository import spec_digest
 from orchestration.team_file import load_team, parse_team
-from workflows.canvas import compile_canvas
+from workflows.canvas import compile_level
 from workflows.plan import ExecutionPlan, build_plan
 
 
@@ -41,7 +41,7 @@ class Team:
         return self.spec.name
 
     def enqueue(self, input: Any = None, *, check_worker: bool = True) -> ExecutionHandle:
-        """Record the execution, then publish its canvas. Returns at once."""
+        """Record the execution, then publish its first level. Returns at once."""
         runtime = get_runtime()
         if check_worker:
             runtime.ensure_worker()
@@ -49,8 +49,8 @@ class Team:
         spec, digest = self._spec_json()
         runtime.store.register_agents(self.name, spec["agents"])
         runtime.store.create_execution(execution_id, spec, self.plan, input, digest)
-        canvas = compile_canvas(self.plan, execution_id, runtime.settings.queue, runtime.app)
-        publish(runtime, canvas)
+        first = compile_level(self.plan, execution_id, runtime.settings.queue, runtime.app)
+        publish(runtime, first)
         return runtime.handle(execution_id)
 
     def _spec_json(self) -> tuple[dict[str, Any], str]:

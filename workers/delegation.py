@@ -71,8 +71,6 @@ class Delivery:
     task_id: str | None = None
     worker: str | None = None
     previous_delay: float | None = None
-    # The last step of the execution: record the execution's end with its result.
-    finalize: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,8 +135,10 @@ class Delegation:
             # A redelivered message for a step already done: return what was recorded.
             return envelope_of(row)
         if execution_status == CANCELLED:
+            envelope = self._without_call(row, CANCELLED, None, "execution cancelled", None)
             # The stop ended the execution: nothing moves it on.
-            return self._without_call(row, CANCELLED, None, "execution cancelled", None)
+            envelope["closes_level"] = False
+            return envelope
         level = context.plan.counted_level(step)
         if row.status == PENDING:
             blocked_by = _failed_dependency(step, rows)
@@ -319,7 +319,7 @@ class Delegation:
                 step.id,
                 StepRecord(status=COMPLETED, output=result.output, error=None),
             )
-            if delivery.finalize
+            if step.level == context.plan.last_level
             else None
         )
         decided = store.record_success(
@@ -439,7 +439,8 @@ class Delegation:
         for the last step, the execution's end with it)."""
         row = rows[delivery.step_id]
         failed = StepRecord(status=FAILED, output=None, error=f"{error.type}: {error.message}")
-        finish = _outcome_with(context, rows, row.step_id, failed) if delivery.finalize else None
+        last = context.plan.step(row.step_id).level == context.plan.last_level
+        finish = _outcome_with(context, rows, row.step_id, failed) if last else None
         refused = replace(
             _attempt_end(delivery, agent, attempt, now()), outcome=error.outcome, error=error
         )

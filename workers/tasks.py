@@ -29,7 +29,7 @@ from workers.delegation import Delegation, Delivery, Limits, RetryLater, load_co
 from workers.health import run_heartbeat
 from workers.reaper import reap as reap_lost_work
 from workers.reaper import resume_attempts
-from workflows.canvas import compile_canvas
+from workflows.canvas import compile_level
 from workflows.outcome import decide_outcome
 
 log = logging.getLogger("troupe.worker")
@@ -62,10 +62,10 @@ def _fresh_connections(**_: Any) -> None:
 
 @app.task(name=START_TASK)
 def start(execution_id: str, resume: bool = False) -> str:
-    """Compile the execution's canvas from its recorded plan and publish it.
+    """Publish the execution's first level from its recorded plan.
 
-    Resuming (the reaper found it stalled), only the unfinished steps from the first
-    unfinished level on are published, each carrying the number of its next attempt.
+    Resuming (the reaper found it stalled), the unfinished steps of its first unfinished
+    level are published, each carrying the number of its next attempt.
     """
     state = store()
     plan = load_context(state, execution_id).plan
@@ -76,16 +76,15 @@ def start(execution_id: str, resume: bool = False) -> str:
         from_level = min((row.level for row in unfinished), default=len(plan.levels))
         attempts = resume_attempts(steps)
         done = frozenset(row.step_id for row in steps if row.status in STEP_FINAL)
-    canvas = compile_canvas(
+    compile_level(
         plan,
         execution_id,
         get_settings().queue,
         app,
-        from_level=from_level,
+        level=from_level,
         attempts=attempts,
         done=done,
-    )
-    canvas.apply_async()
+    ).apply_async()
     return execution_id
 
 
@@ -98,7 +97,6 @@ def delegate(
     step_id: str,
     attempt: int = 1,
     previous_delay: float | None = None,
-    finalize: bool = False,
 ) -> Envelope:
     decision = delegation().run(
         Delivery(
@@ -108,7 +106,6 @@ def delegate(
             task_id=self.request.id,
             worker=self.request.hostname,
             previous_delay=previous_delay,
-            finalize=finalize,
         )
     )
     if decision is None:
@@ -118,36 +115,30 @@ def delegate(
     if isinstance(decision, RetryLater):
         raise self.retry(
             countdown=decision.countdown,
-            kwargs={
-                "attempt": decision.attempt,
-                "previous_delay": decision.previous_delay,
-                "finalize": finalize,
-            },
+            kwargs={"attempt": decision.attempt, "previous_delay": decision.previous_delay},
             max_retries=None,
         )
     if decision["finalized"]:
         log.info("execution %s finalized: with its last step", execution_id)
     elif decision["closes_level"]:
         move_on(execution_id, step_id)
-    elif finalize:
-        finish_execution(execution_id)
     return decision
 
 
 def move_on(execution_id: str, step_id: str) -> None:
-    """The step just decided was its level's last: publish the rest of the execution,
-    or finish it after its last level.
+    """The step just decided was its level's last: publish the next level, or finish
+    the execution after its last level.
 
-    A worker that dies between the countdown's commit and this publish leaves the
-    execution stalled; the reaper resumes it from its first unfinished level."""
+    A worker that dies between the decision's commit and this publish leaves the
+    execution stalled (a redelivered copy finds the step decided and moves nothing, so
+    that copies never publish a level twice); the reaper resumes it from its first
+    unfinished level once ``stall_timeout`` has passed."""
     plan = load_context(store(), execution_id).plan
     level = plan.step(step_id).level
-    log.debug("execution %s level %d decided", execution_id, level)
     if level == plan.last_level:
         finish_execution(execution_id)
         return
-    rest = compile_canvas(plan, execution_id, get_settings().queue, app, from_level=level + 1)
-    rest.apply_async()
+    compile_level(plan, execution_id, get_settings().queue, app, level=level + 1).apply_async()
 
 
 @app.task(name=FINALIZE_TASK)

@@ -1,15 +1,17 @@
-"""ExecutionPlan → Celery canvas. Pure: builds signatures by task name, publishes nothing.
+"""ExecutionPlan → what to publish. Pure: builds signatures by task name, publishes nothing.
 
-Levels of one step become a chain of delegations. A level of several steps becomes a
-group, and ends the canvas: its members count the level down in the database as each is
-decided (``troupe_levels``), and the delegation that decides the last one publishes the
-rest of the execution, compiled from the next level. That replaces Celery's chord, whose
-counter and result list live in Redis and which needs every member's result stored and a
-join task; here no delegation stores a result, since state flows through the database.
+An execution is published one level at a time. A level of one step is one delegation; a
+level of several steps is a Celery group whose members count the level down in the
+database as each is decided (``troupe_levels``). The delegation that decides a level's
+last step publishes the next level, compiled here from the plan; after the last level it
+finishes the execution itself.
 
-The last level finalizes the execution itself: its delegation carries ``finalize=True``,
-or, for a level of several steps, the delegation that closes it finishes the execution.
-A separate finalize task is used only when nothing is left to run. Every signature is
+Celery's own canvas would do this with chains and chords, at a cost measured in
+``bench/``: a chain carries every remaining step inside each message (a 100-step
+sequential team's first message holds 99 signatures, so the bytes published grow with
+the square of the length), and a chord keeps a counter and every member's result in
+Redis and needs a join task. Here every message is two ids and an attempt number, no
+delegation stores a result, and state flows through the database. Every signature is
 immutable (``si``).
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from celery import chain, group, signature
+from celery import group, signature
 from celery.canvas import Signature
 
 from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK
@@ -40,45 +42,29 @@ def delegation_signature(
     )
 
 
-def compile_canvas(
+def compile_level(
     plan: ExecutionPlan,
     execution_id: str,
     queue: str,
     app: Any = None,
     *,
-    from_level: int = 0,
+    level: int = 0,
     attempts: Mapping[str, int] | None = None,
     done: Collection[str] = (),
 ) -> Signature:
-    """The execution from ``from_level`` up to its next level of several steps, which
-    its closing delegation continues. Resuming, each step carries its next attempt
-    number from ``attempts`` (default 1), and steps in ``done`` are left out."""
-    parts: list[Signature] = []
+    """The delegations of ``level``: one signature, or a group. Resuming, each step
+    carries its next attempt number from ``attempts`` (default 1), steps in ``done`` are
+    left out, and a level with nothing left gives way to the next. Past the last level,
+    the task that finishes the execution."""
     next_attempt = attempts or {}
-    for index in range(from_level, len(plan.levels)):
+    for index in range(level, len(plan.levels)):
         members = [
             delegation_signature(execution_id, plan.step(sid), queue, app, next_attempt.get(sid, 1))
             for sid in plan.levels[index]
             if sid not in done
         ]
-        if len(plan.levels[index]) == 1:
-            if members and index == plan.last_level:
-                members[0].kwargs["finalize"] = True
-            parts.extend(members)
-            continue
         if members:
-            parts.append(group(members, app=app) if len(members) > 1 else members[0])
-            break
-        # Every step of this level is decided already: its closer moved on, or died
-        # before it could (then the reaper resumes here), so carry on with the next.
-    if not parts:
-        parts.append(
-            signature(
-                FINALIZE_TASK,
-                args=(execution_id,),
-                immutable=True,
-                app=app,
-                options={"queue": queue},
-            )
-        )
-    return chain(*parts, app=app) if len(parts) > 1 else parts[0]
+            return members[0] if len(members) == 1 else group(members, app=app)
+    return signature(
+        FINALIZE_TASK, args=(execution_id,), immutable=True, app=app, options={"queue": queue}
+    )

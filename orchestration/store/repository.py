@@ -106,8 +106,8 @@ class Decided:
 
     # From the step's first start to now, when it was known (else the attempt's).
     step_ms: int = 0
-    # The step was the last of its level (of more than one step) to be decided: the
-    # writer moves the execution on.
+    # The step was the last of its level to be decided (the only one, or the last one
+    # counted down): the writer moves the execution on.
     closes_level: bool = False
 
 
@@ -409,22 +409,23 @@ class Store:
         self, parts: tuple[str, ...], params: dict[str, Any], level: int | None = None
     ) -> tuple[bool, bool]:
         """Run one write script (statements of ``hot_statements``) whose last statement
-        decides a step; with ``level`` (a level of more than one step), count that level
-        down if it did. Returns (the step was decided here, its level is now closed)."""
+        decides a step; with ``level`` (the step shares it with others), count that level
+        down if it did. Returns (the step was decided here, its level is now decided: at
+        once for a step alone on its level)."""
         if self._hot is not None:
             if level is not None:
                 parts = (*parts[:-1], hot.COUNTED[parts[-1]])
                 params = {**params, "level": level}
             rows, count = self._hot.execute(prepared.script(parts), prepared.values(params))
             if level is None:
-                return bool(count), False
+                return bool(count), bool(count)
             return bool(rows), bool(rows) and rows[0][0] == 0
         with self.engine.begin() as connection:
             count = 0
             for clause in hot.write_script(*parts):
                 count = int(connection.execute(clause, params).rowcount)
             if not count or level is None:
-                return bool(count), False
+                return bool(count), bool(count)
             return True, _count_down(connection, params["eid"], level)
 
     @_retrying
@@ -503,7 +504,7 @@ class Store:
             )
             if not result.rowcount:
                 return None
-            closes = level is not None and _count_down(connection, execution_id, level)
+            closes = level is None or _count_down(connection, execution_id, level)
             return Decided(0, closes)
 
     @_retrying

@@ -1,17 +1,23 @@
-"""compile_canvas: a chain of single delegations up to the next level of several steps,
-a group that ends the canvas (the delegation that closes it publishes the rest); the
-last level finalizes the execution itself. Nothing is published."""
+"""compile_level: what to publish for one level of the plan (one delegation, or a group
+whose members count the level down), resuming with attempt numbers and without the
+steps already decided; past the last level, the finalize task. Nothing is published."""
 
 import pytest
 import yaml
 from celery.canvas import Signature, _chain, _chord, group
 
 from orchestration.team_file import parse_team
-from workflows.canvas import compile_canvas
+from workflows.canvas import compile_level
 from workflows.plan import build_plan
 
 EXECUTION = "exec-42"
 QUEUE = "team-queue"
+DIAMOND = (
+    ("a", "scout"),
+    ("b", "judge", ["a"]),
+    ("c", "scout", ["a"]),
+    ("d", "judge", ["b", "c"]),
+)
 
 
 def plan_for(strategy, *steps):
@@ -27,19 +33,21 @@ def plan_for(strategy, *steps):
     return build_plan(parse_team(yaml.safe_dump(data), source="team.yaml"))
 
 
-def canvas_for(strategy, *steps):
-    return compile_canvas(plan_for(strategy, *steps), EXECUTION, QUEUE)
-
-
-def assert_delegation(sig, step_id, agent, *, finalizes=False, attempt=1):
-    assert isinstance(sig, Signature) and not isinstance(sig, _chord)
+def assert_delegation(sig, step_id, agent, *, attempt=1):
+    assert isinstance(sig, Signature) and not isinstance(sig, (_chord, _chain, group))
     assert sig.task == "troupe.delegate"
     assert sig.args == (EXECUTION, step_id)
-    assert sig.kwargs.get("attempt") == attempt
-    assert bool(sig.kwargs.get("finalize")) is finalizes
+    # Two ids and an attempt number: nothing else travels, however long the team.
+    assert sig.kwargs == {"attempt": attempt}
     assert sig.immutable is True
-    assert sig.options["queue"] == QUEUE
-    assert sig.options["shadow"] == f"agent:{agent}"
+    assert sig.options == {"queue": QUEUE, "shadow": f"agent:{agent}"}
+
+
+def assert_group(part, members):
+    assert isinstance(part, group) and not isinstance(part, _chord)
+    assert len(part.tasks) == len(members)
+    for sig, (step_id, agent) in zip(part.tasks, members, strict=True):
+        assert_delegation(sig, step_id, agent)
 
 
 def assert_finalize(sig):
@@ -49,69 +57,47 @@ def assert_finalize(sig):
     assert sig.options["queue"] == QUEUE
 
 
-def assert_counted_group(part, members):
-    """A level of several steps: a plain group (no chord, no join), counted down in the
-    database; no member finalizes, the one that closes the level does."""
-    assert isinstance(part, group) and not isinstance(part, _chord)
-    assert len(part.tasks) == len(members)
-    for sig, (step_id, agent) in zip(part.tasks, members, strict=True):
-        assert_delegation(sig, step_id, agent)
+def test_a_sequential_team_publishes_one_small_delegation_per_level():
+    plan = plan_for("sequential", *((f"s{i}", "scout") for i in range(100)))
+    first = compile_level(plan, EXECUTION, QUEUE)
+    assert_delegation(first, "s0", "scout")
+    assert_delegation(compile_level(plan, EXECUTION, QUEUE, level=57), "s57", "scout")
 
 
-def test_sequential_is_a_chain_whose_last_delegation_finalizes():
-    canvas = canvas_for("sequential", ("a", "scout"), ("b", "judge"), ("c", "scout"))
-    assert isinstance(canvas, _chain)
-    first, second, last = canvas.tasks
-    assert_delegation(first, "a", "scout")
-    assert_delegation(second, "b", "judge")
-    assert_delegation(last, "c", "scout", finalizes=True)
+def test_a_parallel_level_is_one_plain_group():
+    plan = plan_for("parallel", ("a", "scout"), ("b", "judge"))
+    assert_group(compile_level(plan, EXECUTION, QUEUE), [("a", "scout"), ("b", "judge")])
 
 
-def test_parallel_is_one_counted_group():
-    canvas = canvas_for("parallel", ("a", "scout"), ("b", "judge"))
-    assert_counted_group(canvas, [("a", "scout"), ("b", "judge")])
-
-
-DIAMOND = (
-    ("a", "scout"),
-    ("b", "judge", ["a"]),
-    ("c", "scout", ["a"]),
-    ("d", "judge", ["b", "c"]),
-)
-
-
-def test_diamond_dag_chains_up_to_its_wide_level_which_publishes_the_rest():
-    canvas = canvas_for("dag", *DIAMOND)
-    first, middle = canvas.tasks
-    assert_delegation(first, "a", "scout")
-    assert_counted_group(middle, [("b", "judge"), ("c", "scout")])
-    # What the delegation closing level 1 publishes:
-    rest = compile_canvas(plan_for("dag", *DIAMOND), EXECUTION, QUEUE, from_level=2)
-    assert_delegation(rest, "d", "judge", finalizes=True)
-
-
-def test_resuming_a_wide_level_publishes_only_its_unfinished_steps():
+def test_a_diamond_dag_level_by_level():
     plan = plan_for("dag", *DIAMOND)
-    canvas = compile_canvas(
-        plan, EXECUTION, QUEUE, from_level=1, attempts={"c": 2, "d": 1}, done={"a", "b"}
+    assert_delegation(compile_level(plan, EXECUTION, QUEUE, level=0), "a", "scout")
+    assert_group(compile_level(plan, EXECUTION, QUEUE, level=1), [("b", "judge"), ("c", "scout")])
+    assert_delegation(compile_level(plan, EXECUTION, QUEUE, level=2), "d", "judge")
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "parallel", "dag"])
+def test_single_step_team_is_one_delegation(strategy):
+    assert_delegation(
+        compile_level(plan_for(strategy, ("only", "judge")), EXECUTION, QUEUE), "only", "judge"
+    )
+
+
+def test_resuming_a_wide_level_publishes_only_its_undecided_steps():
+    plan = plan_for("dag", *DIAMOND)
+    canvas = compile_level(
+        plan, EXECUTION, QUEUE, level=1, attempts={"c": 2, "d": 1}, done={"a", "b"}
     )
     assert_delegation(canvas, "c", "scout", attempt=2)
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "parallel", "dag"])
-def test_single_step_team_is_one_finalizing_delegation(strategy):
-    canvas = canvas_for(strategy, ("only", "judge"))
-    assert_delegation(canvas, "only", "judge", finalizes=True)
-
-
-def test_resuming_publishes_only_unfinished_levels_with_their_next_attempts():
-    plan = plan_for("sequential", ("a", "scout"), ("b", "scout"), ("c", "scout"))
-    canvas = compile_canvas(plan, EXECUTION, QUEUE, from_level=1, attempts={"b": 3})
-    second, last = canvas.tasks
-    assert_delegation(second, "b", "scout", attempt=3)
-    assert_delegation(last, "c", "scout", finalizes=True)
+def test_resuming_a_level_with_nothing_left_gives_way_to_the_next():
+    plan = plan_for("dag", *DIAMOND)
+    canvas = compile_level(plan, EXECUTION, QUEUE, level=1, done={"a", "b", "c"})
+    assert_delegation(canvas, "d", "judge")
 
 
 def test_resuming_with_every_step_finished_only_finalizes():
     plan = plan_for("sequential", ("a", "scout"))
-    assert_finalize(compile_canvas(plan, EXECUTION, QUEUE, from_level=1))
+    assert_finalize(compile_level(plan, EXECUTION, QUEUE, level=1))
+    assert_finalize(compile_level(plan, EXECUTION, QUEUE, level=0, done={"a"}))
