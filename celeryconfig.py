@@ -11,6 +11,9 @@ _settings = get_settings()
 
 broker_url = _settings.effective_broker_url
 result_backend = _settings.effective_result_backend
+if broker_url.startswith("redis://"):
+    # The same transport, reusing one Redis client per channel (see the module).
+    broker_transport = "workers.redis_transport:Transport"
 
 # JSON only on the wire: no pickle, ever.
 task_serializer = "json"
