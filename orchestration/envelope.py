@@ -13,19 +13,24 @@ from typing import Any, Protocol, TypedDict
 from workflows.outcome import StepRecord
 
 
-class StepState(Protocol):
+class StepResult(Protocol):
+    """What a step's row says of its result: all that an execution's outcome needs."""
+
+    status: str
+    reason: str | None
+    output: Any
+    error_type: str | None
+    error_message: str | None
+
+
+class StepState(StepResult, Protocol):
     """A step's recorded state: an ORM row or a plain result row of troupe_steps."""
 
     execution_id: str
     step_id: str
     agent: str
-    status: str
     attempts: int
     skip_cause: str | None
-    reason: str | None
-    output: Any
-    error_type: str | None
-    error_message: str | None
     started_at: datetime | None
     duration_ms: int | None
 
@@ -59,7 +64,7 @@ def envelope_of(row: StepState) -> Envelope:
     )
 
 
-def record_of(row: StepState) -> StepRecord:
+def record_of(row: StepResult) -> StepRecord:
     """What the outcome of an execution needs to know of one step."""
     error = f"{row.error_type}: {row.error_message}" if row.error_type else row.reason
     return StepRecord(status=row.status, output=row.output, error=error)

@@ -150,7 +150,7 @@ def finish_execution(execution_id: str) -> dict[str, Any]:
     """Decide and record the execution's status and output (once; later calls no-op)."""
     state = store()
     plan = load_context(state, execution_id).plan
-    records = {row.step_id: record_of(row) for row in state.steps(execution_id)}
+    records = {row.step_id: record_of(row) for row in state.step_results(execution_id)}
     outcome = decide_outcome(plan, records)
     first = state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
     # Operators (and the fault tests) read this line to see an execution end, and to see

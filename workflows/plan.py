@@ -21,6 +21,10 @@ class PlannedStep:
     deps: tuple[str, ...]
     # Pipeline: the step whose output becomes this step's input (None: the execution input).
     input_from: str | None
+    # Bounds all attempts and waits of the step together, from its first start.
+    deadline: float | None
+    # Overrides the agent's: the longest silence between the agent's heartbeats.
+    heartbeat_timeout: float | None
     _graph: _Graph = field(repr=False, compare=False)
 
     @cached_property
@@ -97,6 +101,8 @@ def build_plan(spec: TeamSpec) -> ExecutionPlan:
                 level=level_of[step.id],
                 deps=deps[step.id],
                 input_from=order[i - 1] if workflow.strategy is Strategy.PIPELINE and i else None,
+                deadline=step.deadline,
+                heartbeat_timeout=step.heartbeat_timeout,
                 _graph=graph,
             )
         )
