@@ -9,7 +9,9 @@ recording: every message names its attempt, and an attempt is recorded once.
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -127,7 +129,7 @@ class Delegation:
         context = load_context(store, delivery.execution_id)
         step = context.plan.step(delivery.step_id)
         execution_status, rows = store.delegation_state(
-            delivery.execution_id, step.id, step.visible
+            delivery.execution_id, step.id, context.plan.reads(step)
         )
         row = rows[step.id]
         if row.status in STEP_FINAL:
@@ -222,8 +224,10 @@ class Delegation:
             step_id=step.id,
             agent=agent_name,
             task=step.task,
-            input=_step_input(context, step, rows),
-            outputs={s: rows[s].output for s in step.visible if rows[s].status == COMPLETED},
+            input=_step_input(context, step, rows, self._visible_rows),
+            outputs=UpstreamOutputs(
+                step.visible, lambda: self._visible_rows(execution_id, step, rows)
+            ),
             attempt=attempt,
             _heartbeat=monitor.beat,
         )
@@ -417,6 +421,14 @@ class Delegation:
 
     # --- helpers ----------------------------------------------------------------------
 
+    def _visible_rows(
+        self, execution_id: str, step: PlannedStep, rows: dict[str, StepState]
+    ) -> dict[str, StepState]:
+        """The rows of every step ``step`` may see: those read already, else read now."""
+        if all(sid in rows for sid in step.visible):
+            return rows
+        return {**self.store.steps_by_id(execution_id, step.visible), **rows}
+
     def _later(self, countdown: float, attempt: int, previous: float | None) -> RetryLater:
         return RetryLater(min(countdown, self.limits.max_countdown), attempt, previous)
 
@@ -515,7 +527,12 @@ def _deadline_error(step: PlannedStep) -> AttemptError:
     )
 
 
-def _step_input(context: ExecutionContext, step: PlannedStep, rows: dict[str, StepState]) -> Any:
+def _step_input(
+    context: ExecutionContext,
+    step: PlannedStep,
+    rows: dict[str, StepState],
+    visible_rows: Callable[[str, PlannedStep, dict[str, StepState]], dict[str, StepState]],
+) -> Any:
     if step.input_from is None:
         return context.input
     upstream = rows[step.input_from]
@@ -523,10 +540,41 @@ def _step_input(context: ExecutionContext, step: PlannedStep, rows: dict[str, St
     # output along, as if the skipped stage were the identity.
     if upstream.status == COMPLETED:
         return upstream.output
+    rows = visible_rows(upstream.execution_id, step, rows)
     for sid in reversed(step.visible):
         if rows[sid].status == COMPLETED:
             return rows[sid].output
     return context.input
+
+
+class UpstreamOutputs(Mapping[str, Any]):
+    """``AgentCall.outputs``: the output of every finished step the agent's step may
+    see, in plan order, read when the agent first looks (most never do)."""
+
+    def __init__(self, visible: tuple[str, ...], load: Callable[[], dict[str, StepState]]) -> None:
+        self._visible = visible
+        self._load = load
+        self._outputs: dict[str, Any] | None = None
+        # The agent may look from threads of its own.
+        self._lock = threading.Lock()
+
+    def _all(self) -> dict[str, Any]:
+        with self._lock:
+            if self._outputs is None:
+                rows = self._load()
+                self._outputs = {
+                    sid: rows[sid].output for sid in self._visible if rows[sid].status == COMPLETED
+                }
+            return self._outputs
+
+    def __getitem__(self, step_id: str) -> Any:
+        return self._all()[step_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 def _failed_dependency(step: PlannedStep, rows: dict[str, StepState]) -> str | None:

@@ -72,6 +72,19 @@ class ExecutionPlan:
     def last_level(self) -> int:
         return len(self.levels) - 1
 
+    def reads(self, step: PlannedStep) -> tuple[str, ...]:
+        """The steps whose rows a delegation of ``step`` reads before it calls the agent.
+
+        Only its direct dependencies (whether one failed; a pipeline's input), unless it
+        has a condition (which may name any step it sees) or is on the last level (the
+        execution's outcome is decided with its result): then every step it may see.
+        Reading every earlier step made a long sequential team read a quadratic number
+        of rows; the agent's view of upstream outputs is read when it first looks.
+        """
+        if step.when or step.level == self.last_level:
+            return step.visible
+        return step.deps
+
     def _index(self) -> dict[str, PlannedStep]:
         cached: dict[str, PlannedStep] | None = self.__dict__.get("_by_id")
         if cached is None:

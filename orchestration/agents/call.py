@@ -16,7 +16,8 @@ class AgentCall:
     """One attempt of one delegation, as the agent sees it.
 
     ``input`` is the execution's input (in a pipeline, the previous step's output);
-    ``outputs`` maps every finished step this step may see to its output.
+    ``outputs`` maps every finished step this step may see to its output, read from the
+    database the first time the agent looks at it.
     """
 
     execution_id: str

@@ -106,3 +106,18 @@ def test_plan_keeps_step_details():
     b = plan.step("b")
     assert (b.agent, b.when, b.position, b.task) == ("worker", "input.go == true", 1, None)
     assert plan.team == "t"
+
+
+def test_a_delegation_reads_its_dependencies_unless_it_has_a_condition_or_ends_the_run():
+    steps = [f"s{i}" for i in range(6)]
+    plan = plan_for(
+        "sequential", *steps[:3], ("s3", {"when": "steps.s0.output > 1"}), *steps[4:]
+    )
+    by_id = {step.id: step for step in plan.steps}
+    # The step just before it: whether it failed (and, in a pipeline, its input).
+    assert plan.reads(by_id["s2"]) == ("s1",)
+    assert plan.reads(by_id["s4"]) == ("s3",)
+    assert plan.reads(by_id["s0"]) == ()
+    # A condition may name any step it sees; the last step decides the run's outcome.
+    assert plan.reads(by_id["s3"]) == ("s0", "s1", "s2")
+    assert plan.reads(by_id["s5"]) == ("s0", "s1", "s2", "s3", "s4")
