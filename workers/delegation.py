@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 from orchestration.agents.call import AgentCall
@@ -97,24 +97,31 @@ class TeamContext:
     plan: ExecutionPlan
 
 
-@lru_cache(maxsize=256)
-def load_context(store: Store, execution_id: str) -> ExecutionContext:
-    # An execution's spec and input never change, so a worker reads them once; and it
-    # validates and plans each distinct spec once, whichever execution brought it.
-    digest, input_value = store.execution_head(execution_id)
-    key = (store.url, digest or f"execution:{execution_id}")
-    team = _teams.get(key)
+def team_of(store: Store, execution_id: str) -> TeamContext:
+    """The planned team an execution runs. An execution's spec never changes, so a
+    worker learns its digest once (a few thousand executions are remembered: 100 bytes
+    each), and validates and plans each distinct spec once, whichever execution
+    brought it."""
+    digest = _digests.get((store.url, execution_id))
+    if digest is None:
+        digest = store.execution_digest(execution_id) or f"execution:{execution_id}"
+        _digests[(store.url, execution_id)] = digest
+        if len(_digests) > _DIGESTS_KEPT:
+            _digests.popitem(last=False)
+    team = _teams.get((store.url, digest))
     if team is None:
         spec = TeamSpec.model_validate(store.execution_spec(execution_id))
         team = TeamContext(agents=spec.agents, plan=build_plan(spec))
-        _teams[key] = team
-        while len(_teams) > _TEAMS_KEPT:
-            _teams.pop(next(iter(_teams)))
-    return ExecutionContext(agents=team.agents, plan=team.plan, input=input_value)
+        _teams[(store.url, digest)] = team
+        if len(_teams) > _TEAMS_KEPT:
+            _teams.popitem(last=False)
+    return team
 
 
+_DIGESTS_KEPT = 16_384
+_digests: OrderedDict[tuple[str, str], str] = OrderedDict()
 _TEAMS_KEPT = 64
-_teams: dict[tuple[str, str], TeamContext] = {}
+_teams: OrderedDict[tuple[str, str], TeamContext] = OrderedDict()
 
 
 class Delegation:
@@ -126,11 +133,12 @@ class Delegation:
     def run(self, delivery: Delivery) -> Envelope | RetryLater | None:
         """The step's envelope, a retry request, or None for a stale duplicate message."""
         store = self.store
-        context = load_context(store, delivery.execution_id)
-        step = context.plan.step(delivery.step_id)
-        execution_status, rows = store.delegation_state(
-            delivery.execution_id, step.id, context.plan.reads(step)
+        team = team_of(store, delivery.execution_id)
+        step = team.plan.step(delivery.step_id)
+        execution_status, input_value, rows = store.delegation_state(
+            delivery.execution_id, step.id, team.plan.reads(step)
         )
+        context = ExecutionContext(agents=team.agents, plan=team.plan, input=input_value)
         row = rows[step.id]
         if row.status in STEP_FINAL:
             # A redelivered message for a step already done: return what was recorded.

@@ -25,7 +25,7 @@ from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import dispose_engines
 from orchestration.store.repository import Store
 from workers.app import app
-from workers.delegation import Delegation, Delivery, Limits, RetryLater, load_context
+from workers.delegation import Delegation, Delivery, Limits, RetryLater, team_of
 from workers.health import run_heartbeat
 from workers.reaper import reap as reap_lost_work
 from workers.reaper import resume_attempts
@@ -68,7 +68,7 @@ def start(execution_id: str, resume: bool = False) -> str:
     level are published, each carrying the number of its next attempt.
     """
     state = store()
-    plan = load_context(state, execution_id).plan
+    plan = team_of(state, execution_id).plan
     from_level, attempts, done = 0, None, frozenset[str]()
     if resume:
         steps = state.steps(execution_id)
@@ -133,7 +133,7 @@ def move_on(execution_id: str, step_id: str) -> None:
     execution stalled (a redelivered copy finds the step decided and moves nothing, so
     that copies never publish a level twice); the reaper resumes it from its first
     unfinished level once ``stall_timeout`` has passed."""
-    plan = load_context(store(), execution_id).plan
+    plan = team_of(store(), execution_id).plan
     level = plan.step(step_id).level
     if level == plan.last_level:
         finish_execution(execution_id)
@@ -149,7 +149,7 @@ def finalize(execution_id: str) -> dict[str, Any]:
 def finish_execution(execution_id: str) -> dict[str, Any]:
     """Decide and record the execution's status and output (once; later calls no-op)."""
     state = store()
-    plan = load_context(state, execution_id).plan
+    plan = team_of(state, execution_id).plan
     records = {row.step_id: record_of(row) for row in state.step_results(execution_id)}
     outcome = decide_outcome(plan, records)
     first = state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)

@@ -37,8 +37,15 @@ def delegation_signature(
         kwargs={"attempt": attempt},
         immutable=True,
         app=app,
-        # Flower and the logs show the delegation under its agent's name.
-        options={"queue": queue, "shadow": f"agent:{step.agent}"},
+        options={
+            "queue": queue,
+            # Flower and the logs show the delegation under its agent's name.
+            "shadow": f"agent:{step.agent}",
+            # What Flower shows as args and kwargs, written here: Celery's own safe repr
+            # of them was 7% of a publish's CPU.
+            "argsrepr": repr((execution_id, step.id)),
+            "kwargsrepr": repr({"attempt": attempt}),
+        },
     )
 
 

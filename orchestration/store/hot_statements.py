@@ -39,15 +39,22 @@ _steps: Table = StepRow.__table__  # type: ignore[assignment]
 _attempts: Table = AttemptRow.__table__  # type: ignore[assignment]
 _executions: Table = ExecutionRow.__table__  # type: ignore[assignment]
 
-# The execution's status with the rows of this step and of the steps it may read (its
-# ancestors), each found by primary key. Looking steps up by level instead made the
-# planner, on a table without statistics yet, scan every step of the execution.
+# The execution's status and input with the rows of this step and of the steps it reads
+# (its dependencies or its ancestors), each found by primary key. Looking steps up by
+# level instead made the planner, on a table without statistics yet, scan every step of
+# the execution. The input comes with every read rather than from a per-worker cache:
+# with more executions under way than such a cache holds (500 of them evicted 256
+# entries before their next step came round), each delegation paid a round trip for it.
 DELEGATION_STATE: Final[Any] = select(
     _steps,
     select(_executions.c.status)
     .where(_executions.c.id == bindparam("eid"))
     .scalar_subquery()
     .label("execution_status"),
+    select(_executions.c.input)
+    .where(_executions.c.id == bindparam("eid"))
+    .scalar_subquery()
+    .label("execution_input"),
 ).where(
     _steps.c.execution_id == bindparam("eid"),
     _steps.c.step_id.in_(bindparam("ids", expanding=True)),
@@ -59,19 +66,16 @@ DELEGATION_STATE: Final[Any] = select(
 # plan filter every step of the execution for each delegation.)
 DELEGATION_STATE_SQL: Final = """
 SELECT troupe_steps.*,
-    (SELECT status FROM troupe_executions WHERE id = :eid) AS execution_status
+    (SELECT status FROM troupe_executions WHERE id = :eid) AS execution_status,
+    (SELECT input FROM troupe_executions WHERE id = :eid) AS execution_input
 FROM troupe_steps WHERE execution_id = :eid AND step_id = :sid
 UNION ALL
-SELECT troupe_steps.*, NULL
+SELECT troupe_steps.*, NULL, NULL
 FROM troupe_steps WHERE cardinality(CAST(:ids AS varchar[])) > 0
     AND execution_id = :eid AND step_id = ANY(:ids)"""
 
-EXECUTION_HEAD_SQL: Final = """
-SELECT spec_digest, input FROM troupe_executions WHERE id = :eid"""
-# SQLite reads it as text with typed columns (PostgreSQL prepares it, see ``prepared``).
-EXECUTION_HEAD: Final = text(EXECUTION_HEAD_SQL).columns(
-    _executions.c.spec_digest, _executions.c.input
-)
+EXECUTION_DIGEST_SQL: Final = """
+SELECT spec_digest FROM troupe_executions WHERE id = :eid"""
 
 INSERT_ATTEMPT: Final[Any] = insert(_attempts)
 

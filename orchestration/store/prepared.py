@@ -64,7 +64,7 @@ READ: Final = prepare(
     hot.DELEGATION_STATE_SQL,
     types={"eid": "varchar", "sid": "varchar", "ids": "varchar[]"},
 )
-HEAD: Final = prepare("troupe_execution_head", hot.EXECUTION_HEAD_SQL)
+DIGEST: Final = prepare("troupe_execution_digest", hot.EXECUTION_DIGEST_SQL)
 WRITES: Final = {
     sql: prepare(f"troupe_write_{index}", sql) for index, sql in enumerate(hot.WRITE_SQL)
 }
@@ -78,7 +78,7 @@ def install(engine: Engine) -> None:
 def _prepare_all(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        for statement in (READ, HEAD, *WRITES.values()):
+        for statement in (READ, DIGEST, *WRITES.values()):
             cursor.execute(statement.prepare_sql)
     finally:
         cursor.close()

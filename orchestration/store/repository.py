@@ -226,17 +226,20 @@ class Store:
                 )
 
     @_retrying
-    def execution_head(self, execution_id: str) -> tuple[str | None, Any]:
-        """(spec digest, input) of an execution: what a worker needs to know it."""
+    def execution_digest(self, execution_id: str) -> str | None:
+        """The digest of the spec an execution was enqueued with (None for executions
+        recorded before digests were)."""
         if self._hot is not None:
-            found, _ = self._hot.execute(prepared.HEAD.execute_sql, {"eid": execution_id})
-            row = found[0] if found else None
+            found, _ = self._hot.execute(prepared.DIGEST.execute_sql, {"eid": execution_id})
         else:
             with self.reader.connect() as connection:
-                row = connection.execute(hot.EXECUTION_HEAD, {"eid": execution_id}).first()
-        if row is None:
+                found = list(
+                    connection.execute(text(hot.EXECUTION_DIGEST_SQL), {"eid": execution_id})
+                )
+        if not found:
             raise ExecutionNotFound(execution_id)
-        return row.spec_digest, row.input
+        digest: str | None = found[0].spec_digest
+        return digest
 
     @_retrying
     def execution(self, execution_id: str) -> ExecutionRow:
@@ -297,9 +300,9 @@ class Store:
     @_retrying
     def delegation_state(
         self, execution_id: str, step_id: str, ancestors: Iterable[str] = ()
-    ) -> tuple[str | None, dict[str, Any]]:
-        """Everything a delegation reads, in one statement: the execution's status, this
-        step's row and the rows of the steps whose results it may read."""
+    ) -> tuple[str | None, Any, dict[str, Any]]:
+        """Everything a delegation reads, in one statement: the execution's status and
+        input, this step's row and the rows of the steps whose results it reads."""
         if self._hot is not None:
             params = {"eid": execution_id, "sid": step_id, "ids": list(ancestors)}
             found, _ = self._hot.execute(prepared.READ.execute_sql, params)
@@ -311,7 +314,7 @@ class Store:
         mine = rows.get(step_id)
         if mine is None:
             raise ExecutionNotFound(execution_id)
-        return mine.execution_status, rows
+        return mine.execution_status, mine.execution_input, rows
 
     @_retrying
     def steps_by_id(self, execution_id: str, step_ids: Iterable[str]) -> dict[str, StepRow]:

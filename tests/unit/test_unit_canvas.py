@@ -40,7 +40,11 @@ def assert_delegation(sig, step_id, agent, *, attempt=1):
     # Two ids and an attempt number: nothing else travels, however long the team.
     assert sig.kwargs == {"attempt": attempt}
     assert sig.immutable is True
-    assert sig.options == {"queue": QUEUE, "shadow": f"agent:{agent}"}
+    assert sig.options["queue"] == QUEUE
+    assert sig.options["shadow"] == f"agent:{agent}"
+    # Flower's args and kwargs columns.
+    assert sig.options["argsrepr"] == repr((EXECUTION, step_id))
+    assert sig.options["kwargsrepr"] == repr({"attempt": attempt})
 
 
 def assert_group(part, members):

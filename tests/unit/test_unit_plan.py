@@ -110,9 +110,7 @@ def test_plan_keeps_step_details():
 
 def test_a_delegation_reads_its_dependencies_unless_it_has_a_condition_or_ends_the_run():
     steps = [f"s{i}" for i in range(6)]
-    plan = plan_for(
-        "sequential", *steps[:3], ("s3", {"when": "steps.s0.output > 1"}), *steps[4:]
-    )
+    plan = plan_for("sequential", *steps[:3], ("s3", {"when": "steps.s0.output > 1"}), *steps[4:])
     by_id = {step.id: step for step in plan.steps}
     # The step just before it: whether it failed (and, in a pipeline, its input).
     assert plan.reads(by_id["s2"]) == ("s1",)
