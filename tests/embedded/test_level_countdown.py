@@ -9,7 +9,6 @@ database, not a Python lock, is what has to keep the count exact.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,10 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from orchestration.store.database import ensure_schema, get_engine
+from orchestration.store.database import get_engine
 from orchestration.store.repository import Store
 from orchestration.team_file import parse_team
-from tests.support import countdown
+from tests.support import barrier_pool, countdown
 from workflows.plan import build_plan
 
 pytestmark = pytest.mark.timeout(90)
@@ -33,34 +32,10 @@ HOW = ["success", "failure", "rejection", "skip"] * (PROCESSES // 4)
 
 
 @pytest.fixture(scope="module")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('countdown') / 'state.db'}"
-    ensure_schema(url, auto_upgrade=True)
-    return url
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres: Any) -> Iterator[str]:
-    database = f"troupe_test_{os.getpid()}_countdown"
-    url = postgres.create(database)
-    try:
-        ensure_schema(url, auto_upgrade=True)
-        yield url
-    finally:
-        get_engine(url).dispose()
-        postgres.drop(database)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
-@pytest.fixture(scope="module")
 def pool() -> Iterator[Any]:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
-    workers = context.Pool(PROCESSES, initializer=countdown.pool_init, initargs=(barrier,))
+    workers = context.Pool(PROCESSES, initializer=barrier_pool.pool_init, initargs=(barrier,))
     try:
         yield workers
     finally:

@@ -8,12 +8,10 @@ to keep admissions and counts exact.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,41 +19,12 @@ import pytest
 from orchestration.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from orchestration.spec import BreakerPolicy
 from orchestration.store.breakers import BreakerStore
-from orchestration.store.database import ensure_schema
 from orchestration.store.repository import Store, now
-from tests.support import resilience_agents
+from tests.support import barrier_pool, resilience_agents
 
 pytestmark = pytest.mark.timeout(60)
 
 PROCESSES = 8
-
-
-@pytest.fixture(scope="module")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path: Path = tmp_path_factory.mktemp("breakers") / "breakers.db"
-    url = f"sqlite:///{path}"
-    ensure_schema(url, auto_upgrade=True)
-    return url
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres: Any) -> Iterator[str]:
-    database = f"troupe_test_{os.getpid()}_breakers"
-    url = postgres.create(database)
-    try:
-        ensure_schema(url, auto_upgrade=True)
-        yield url
-    finally:
-        from orchestration.store.database import get_engine
-
-        get_engine(url).dispose()
-        postgres.drop(database)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest) -> str:
-    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
-    return str(request.getfixturevalue(name))
 
 
 @pytest.fixture
@@ -67,7 +36,7 @@ def breakers(url: str) -> BreakerStore:
 def pool() -> Iterator[Any]:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
-    workers = context.Pool(PROCESSES, initializer=resilience_agents.pool_init, initargs=(barrier,))
+    workers = context.Pool(PROCESSES, initializer=barrier_pool.pool_init, initargs=(barrier,))
     warmed: set[str] = set()
 
     class Runner:

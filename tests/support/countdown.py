@@ -5,13 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-_barrier: Any = None
+from tests.support.barrier_pool import all_together
+
 _stores: dict[str, Any] = {}
-
-
-def pool_init(barrier: Any) -> None:
-    global _barrier
-    _barrier = barrier
 
 
 def _store(url: str) -> Any:
@@ -24,7 +20,7 @@ def _store(url: str) -> Any:
 
 def pool_warm(url: str) -> int:
     _store(url).engine.connect().close()
-    _barrier.wait(60)
+    all_together()
     return os.getpid()
 
 
@@ -45,7 +41,7 @@ def pool_decide(url: str, execution_id: str, step_id: str, how: str) -> tuple[st
         started_at=now(),
         duration_ms=1,
     )
-    _barrier.wait(60)
+    all_together()
     if how == "success":
         decided = store.record_success(end, {"step": step_id}, level=0)
     elif how == "failure":

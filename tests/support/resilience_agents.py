@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.errors import PermanentAgentError, TransientAgentError
+from tests.support.barrier_pool import all_together
 
 HEALTH_DIR_VARIABLE = "RESILIENCE_TEST_HEALTH_DIR"
 
@@ -178,14 +179,7 @@ def probe_three() -> bool | None:
 
 # --- spawned processes for the breaker-store CAS tests ---------------------------------------
 
-_barrier: Any = None
 _stores: dict[str, Any] = {}
-
-
-def pool_init(barrier: Any) -> None:
-    """Pool initializer: remember the shared barrier that starts every round together."""
-    global _barrier
-    _barrier = barrier
 
 
 def _breakers(url: str) -> Any:
@@ -200,7 +194,7 @@ def _breakers(url: str) -> Any:
 def pool_warm(url: str) -> int:
     """Open this process's engine before the timed round (and wait for the others)."""
     _breakers(url).get("warm-up")
-    _barrier.wait(60)
+    all_together()
     return os.getpid()
 
 
@@ -210,7 +204,7 @@ def pool_admit(url: str, key: str, policy: dict[str, Any]) -> tuple[int, bool, b
 
     breakers = _breakers(url)
     parsed = BreakerPolicy.model_validate(policy)
-    _barrier.wait(60)
+    all_together()
     admission = breakers.admit(key, parsed)
     return os.getpid(), admission.allowed, admission.trial
 
@@ -221,6 +215,6 @@ def pool_record_failure(url: str, key: str, policy: dict[str, Any]) -> tuple[int
 
     breakers = _breakers(url)
     parsed = BreakerPolicy.model_validate(policy)
-    _barrier.wait(60)
+    all_together()
     state = breakers.record_call(key, parsed, failed=True, trial=False, error="boom")
     return os.getpid(), state
