@@ -156,3 +156,59 @@ def test_an_execution_under_way_at_the_upgrade_gets_its_countdowns(tmp_path: Pat
         ).all()
     engine.dispose()
     assert [tuple(row) for row in rows] == [("live", 0, 3, 2)]
+
+
+def test_a_level_whose_closer_died_before_moving_on_resumes_from_the_next_level(
+    runtime: Any,
+) -> None:
+    """The delegation that decided a level's last step died between its commit and the
+    publish of the next level: the execution stalls until the reaper resumes it, which
+    publishes only what is left (the next level), and nothing decided runs again."""
+    from orchestration import Team
+    from orchestration.constants import START_TASK
+    from orchestration.store.repository import AttemptEnd, now
+    from tests.support.teams import team_yaml
+
+    team = Team.from_yaml(
+        team_yaml(
+            "dag",
+            [{"id": "a"}, {"id": "b"}, {"id": "c", "after": ["a", "b"]}],
+            name="closer-died",
+        )
+    )
+    execution_id = str(uuid.uuid4())
+    runtime.ensure_worker()
+    runtime.store.create_execution(
+        execution_id, team.spec.model_dump(mode="json"), team.plan, {"n": 1}
+    )
+    closed = []
+    for sid in ("a", "b"):
+        end = AttemptEnd(execution_id, sid, 1, "echo", f"task-{sid}", "died", now(), 1)
+        decided = runtime.store.record_success(end, {"from": sid}, level=0)
+        assert decided is not None
+        closed.append(decided.closes_level)
+    assert closed == [False, True]
+
+    # What the reaper sends once the execution has been still for the stall timeout.
+    runtime.app.send_task(
+        START_TASK, args=(execution_id,), kwargs={"resume": True}, queue=runtime.settings.queue
+    )
+    report = runtime.handle(execution_id).wait(20)
+
+    assert report.status == "completed", report
+    assert [(s.id, s.status, s.attempts) for s in report.steps] == [
+        ("a", "completed", 1),
+        ("b", "completed", 1),
+        ("c", "completed", 1),
+    ]
+    # c saw what a and b had recorded; neither ran again.
+    assert report.output == {
+        "step_id": "c",
+        "input": {"n": 1},
+        "outputs": ["a", "b"],
+        "task": None,
+        "attempt": 1,
+    }
+    workers = {row.step_id: row.worker for row in runtime.store.attempts(execution_id)}
+    assert workers["a"] == workers["b"] == "died"
+    assert workers["c"] != "died"
