@@ -233,9 +233,7 @@ class Delegation:
             agent=agent_name,
             task=step.task,
             input=_step_input(context, step, rows, self._visible_rows),
-            outputs=UpstreamOutputs(
-                step.visible, lambda: self._visible_rows(execution_id, step, rows)
-            ),
+            outputs=UpstreamOutputs(step, lambda: self._visible_rows(execution_id, step, rows)),
             attempt=attempt,
             _heartbeat=monitor.beat,
         )
@@ -559,8 +557,9 @@ class UpstreamOutputs(Mapping[str, Any]):
     """``AgentCall.outputs``: the output of every finished step the agent's step may
     see, in plan order, read when the agent first looks (most never do)."""
 
-    def __init__(self, visible: tuple[str, ...], load: Callable[[], dict[str, StepState]]) -> None:
-        self._visible = visible
+    def __init__(self, step: PlannedStep, load: Callable[[], dict[str, StepState]]) -> None:
+        # Not the step's visible ids yet: in a long sequential team they are long.
+        self._step = step
         self._load = load
         self._outputs: dict[str, Any] | None = None
         # The agent may look from threads of its own.
@@ -570,8 +569,9 @@ class UpstreamOutputs(Mapping[str, Any]):
         with self._lock:
             if self._outputs is None:
                 rows = self._load()
+                visible = self._step.visible
                 self._outputs = {
-                    sid: rows[sid].output for sid in self._visible if rows[sid].status == COMPLETED
+                    sid: rows[sid].output for sid in visible if rows[sid].status == COMPLETED
                 }
             return self._outputs
 

@@ -27,14 +27,15 @@ class PlannedStep:
     heartbeat_timeout: float | None
     _graph: _Graph = field(repr=False, compare=False)
 
-    @cached_property
+    @property
     def visible(self) -> tuple[str, ...]:
         """Steps whose outputs this step may read: everything that certainly ran before it.
 
-        Computed on first use: a long sequential team would otherwise hold a quadratic
-        number of entries, and a worker only ever needs the steps it runs.
+        Computed when asked, and kept only for a DAG: in a sequential team it is every
+        earlier step, so keeping it for each step run would hold a quadratic number of
+        entries (a 3,000-step team's delegations spent half their time sorting them).
         """
-        return self._graph.ancestors_in_order(self.id)
+        return self._graph.ancestors_in_order(self.id, self.position)
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,20 @@ class _Graph:
     deps: Mapping[str, tuple[str, ...]]
     position: Mapping[str, int]
     chain: bool  # sequential and pipeline: every earlier step is an ancestor
+    _found: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
-    def ancestors_in_order(self, step_id: str) -> tuple[str, ...]:
+    @cached_property
+    def order(self) -> tuple[str, ...]:
+        return tuple(sorted(self.position, key=self.position.__getitem__))
+
+    def ancestors_in_order(self, step_id: str, position: int) -> tuple[str, ...]:
         if self.chain:
-            order = sorted(self.position, key=self.position.__getitem__)
-            return tuple(order[: self.position[step_id]])
-        seen = ancestors(step_id, self.deps)
-        return tuple(sorted(seen, key=self.position.__getitem__))
+            return self.order[:position]
+        found = self._found.get(step_id)
+        if found is None:
+            seen = ancestors(step_id, self.deps)
+            found = self._found[step_id] = tuple(sorted(seen, key=self.position.__getitem__))
+        return found
 
 
 @dataclass(frozen=True)

@@ -70,9 +70,12 @@ SELECT troupe_steps.*,
     (SELECT input FROM troupe_executions WHERE id = :eid) AS execution_input
 FROM troupe_steps WHERE execution_id = :eid AND step_id = :sid
 UNION ALL
-SELECT troupe_steps.*, NULL, NULL
-FROM troupe_steps WHERE cardinality(CAST(:ids AS varchar[])) > 0
-    AND execution_id = :eid AND step_id = ANY(:ids)"""
+SELECT found.*, NULL, NULL
+FROM unnest(CAST(:ids AS varchar[])) AS wanted(step_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM troupe_steps
+    WHERE execution_id = :eid AND step_id = wanted.step_id LIMIT 1
+) AS found"""
 
 EXECUTION_DIGEST_SQL: Final = """
 SELECT spec_digest FROM troupe_executions WHERE id = :eid"""

@@ -78,6 +78,11 @@ def install(engine: Engine) -> None:
 def _prepare_all(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
+        # Plan each prepared statement once. Left to choose, PostgreSQL kept planning the
+        # delegation's read afresh on every execution (its generic plan's estimate for
+        # an unnested array looked dearer than a custom plan), 0.3 ms each time. The
+        # statements are written so that their generic plans look rows up by primary key.
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
         for statement in (READ, DIGEST, *WRITES.values()):
             cursor.execute(statement.prepare_sql)
     finally:
