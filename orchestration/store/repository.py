@@ -6,6 +6,7 @@ an outage delays a run instead of failing it or losing its records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -92,12 +93,27 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _retrying(fn: Callable[P, R]) -> Callable[P, R]:
-    return retry(
+    """``fn``, retried under tenacity once it has failed with a transient error.
+
+    The first try runs outside tenacity: setting up its retry state cost about as much
+    Python as the delegation's own statements, on every call that never needed it."""
+    retried = retry(
         retry=retry_if_exception(_is_transient),
         wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
         stop=stop_after_delay(120),
         reraise=True,
     )(fn)
+
+    @functools.wraps(fn)
+    def first_try(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+        return retried(*args, **kwargs)
+
+    return first_try
 
 
 @dataclass(frozen=True)
