@@ -3,10 +3,10 @@
 kombu 5.7 builds a new ``redis.Redis`` object for every operation of a channel that is
 not its blocking BRPOP: each publish, and each acknowledgement and reservation of the
 worker's QoS. redis-py copies its ~170-entry table of response callbacks into every new
-client, which made building them 13% of a busy worker main process's samples under py-spy and
-a fifth of a publish's CPU (0.09 of 0.46 ms). A client owns no connection: every
-command checks one out of the channel's pool and returns it, so one client per channel
-is safe to share, and the commands sent are unchanged.
+client: 13% of a busy worker main process's samples under py-spy, and a fifth of a
+publish's CPU (0.09 of 0.46 ms). A client owns no connection: every command checks one
+out of the channel's pool and returns it, so one client per channel is safe to share,
+and the commands sent are unchanged.
 """
 
 from __future__ import annotations
