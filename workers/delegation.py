@@ -144,10 +144,11 @@ class Delegation:
             # A redelivered message for a step already done: return what was recorded.
             return envelope_of(row)
         if execution_status == CANCELLED:
-            envelope = self._without_call(row, CANCELLED, None, "execution cancelled", None)
-            # The stop ended the execution: nothing moves it on.
-            envelope["closes_level"] = False
-            return envelope
+            # The stop ended the execution: the step is cancelled and nothing moves on.
+            store.finish_step_without_call(
+                row.execution_id, row.step_id, CANCELLED, None, "execution cancelled"
+            )
+            return self._envelope(row.execution_id, row.step_id)
         level = context.plan.counted_level(step)
         if row.status == PENDING:
             blocked_by = _failed_dependency(step, rows)
@@ -226,6 +227,7 @@ class Delegation:
     ) -> Envelope | RetryLater:
         store = self.store
         execution_id = delivery.execution_id
+        level = context.plan.counted_level(step)
         monitor = HeartbeatMonitor()
         call = AgentCall(
             execution_id=execution_id,
@@ -307,7 +309,7 @@ class Delegation:
                 failure,
                 deadline,
                 execution_pending=execution_pending,
-                level=context.plan.counted_level(step),
+                level=level,
             )
         seconds = time.perf_counter() - started
         self.breakers.record_call(
@@ -316,15 +318,8 @@ class Delegation:
             failed=is_failure(agent.breaker, False, seconds),
             trial=admission.trial,
         )
-        finish = (
-            _outcome_with(
-                context,
-                rows,
-                step.id,
-                StepRecord(status=COMPLETED, output=result.output, error=None),
-            )
-            if step.level == context.plan.last_level
-            else None
+        finish = _outcome_with(
+            context, rows, step.id, StepRecord(status=COMPLETED, output=result.output, error=None)
         )
         decided = store.record_success(
             replace(begun, duration_ms=int(seconds * 1000)),
@@ -332,7 +327,7 @@ class Delegation:
             step_started_at=aware(rows[step.id].started_at),
             execution_pending=execution_pending,
             finish=finish,
-            level=context.plan.counted_level(step),
+            level=level,
         )
         if decided is None:
             # Decided by another copy of this message: return what it recorded.
@@ -451,14 +446,12 @@ class Delegation:
         for the last step, the execution's end with it)."""
         row = rows[delivery.step_id]
         failed = StepRecord(status=FAILED, output=None, error=f"{error.type}: {error.message}")
-        last = context.plan.step(row.step_id).level == context.plan.last_level
-        finish = _outcome_with(context, rows, row.step_id, failed) if last else None
+        finish = _outcome_with(context, rows, row.step_id, failed)
         refused = replace(
             _attempt_end(delivery, agent, attempt, now()), outcome=error.outcome, error=error
         )
-        decided = self.store.record_rejection(
-            refused, finish=finish, level=context.plan.counted_level(context.plan.step(row.step_id))
-        )
+        level = context.plan.counted_level(context.plan.step(row.step_id))
+        decided = self.store.record_rejection(refused, finish=finish, level=level)
         if decided is None:
             return self._envelope(row.execution_id, row.step_id)
         return Envelope(
@@ -508,8 +501,10 @@ def _attempt_end(delivery: Delivery, agent: str, attempt: int, started_at: datet
 def _outcome_with(
     context: ExecutionContext, rows: dict[str, StepState], step_id: str, record: StepRecord
 ) -> tuple[str, Any, str | None] | None:
-    """The execution's outcome once this (last) step ends as ``record``, from the rows
-    already read; None if they do not cover every step (then finalize reads them afresh)."""
+    """The execution's outcome once this step ends as ``record``, from the rows already
+    read; None unless they cover every step. They do only for the one step of the last
+    level whose ancestors are all the others (``ExecutionPlan.reads``); otherwise the
+    delegation that closes the last level finishes the execution from fresh rows."""
     if len(rows) != len(context.plan.steps):
         return None
     records = {sid: record_of(row) for sid, row in rows.items()}
