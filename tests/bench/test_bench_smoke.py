@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,21 @@ ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = {"benchmark", "troupe", "raw", "unit", "ratio"}
 
 pytestmark = pytest.mark.integration
+
+
+def json_lines(command: list[str], *, timeout: float) -> list[dict[str, Any]]:
+    """Run a benchmark command, which must succeed; the JSON lines it printed."""
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 @pytest.mark.timeout(240)
@@ -33,17 +49,7 @@ def test_quick_benchmarks_print_one_json_line_per_figure(redis_url: str, postgre
     ]
     for size in sizes:
         command += ["--size", size]
-    result = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=230,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    lines = json_lines(command, timeout=230)
     figures = {(line["benchmark"], line.get("figure")) for line in lines}
     assert {("latency", "p50"), ("depth", "seconds"), ("fanout", "seconds")} <= figures, figures
     assert ("breaker", "rejected_dispatch") in figures, figures
@@ -62,17 +68,8 @@ def test_a_fast_delegation_costs_one_read_and_one_write(
     """The delegation's own database traffic, counted by the profiler: one prepared read
     and one write script per delegation on PostgreSQL (a few more for the first steps,
     which prepare their connection's statements), and no separate COMMIT."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.profile_delegation", "--steps", "40", "--strategy", strategy],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (figures,) = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    command = [sys.executable, "-m", "bench.profile_delegation", "--steps", "40"]
+    (figures,) = json_lines([*command, "--strategy", strategy], timeout=110)
     assert figures["steps"] == 40
     assert figures["round_trips_per_delegation"] <= 2.2, figures
     assert figures["commits_per_delegation"] <= 0.1, figures

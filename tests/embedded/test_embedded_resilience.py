@@ -343,6 +343,14 @@ def test_no_retry_on_fails_at_the_first_attempt(
 # --- cancellation -----------------------------------------------------------------------------
 
 
+def wait_for_an_ended_attempt(runtime: Any, execution_id: str) -> None:
+    """Until one attempt of the execution has ended (a fast call is audited at its end)."""
+    deadline = time.monotonic() + 10
+    while not any(row.outcome for row in runtime.store.attempts(execution_id)):
+        assert time.monotonic() < deadline, "no attempt ended"
+        time.sleep(0.02)
+
+
 @pytest.mark.timeout(20)
 def test_a_call_under_way_when_the_stop_lands_keeps_its_result(
     runtime: Any, tmp_path: Path
@@ -356,10 +364,7 @@ def test_a_call_under_way_when_the_stop_lands_keeps_its_result(
         [{"id": "s0", "agent": first}, {"id": "s1", "agent": second}],
     )
     handle = t.enqueue({"dir": str(tmp_path)})
-    deadline = time.monotonic() + 10
-    while not any(row.outcome for row in runtime.store.attempts(handle.execution_id)):
-        assert time.monotonic() < deadline, "the first call never ended"
-        time.sleep(0.02)
+    wait_for_an_ended_attempt(runtime, handle.execution_id)
     time.sleep(0.3)
 
     report = handle.report()
@@ -392,12 +397,9 @@ def test_cancel_during_a_sequential_run_never_calls_the_remaining_agents(
     report = handle.wait(timeout=10)
     assert report.status == "cancelled"
 
-    # Let the first step finish and the chain move on: nothing more may be called. Its
+    # Let the first step finish and publish the next: nothing more may be called. Its
     # attempt is audited when it ends (the stop came before its start marker was due).
-    deadline = time.monotonic() + 10
-    while not any(row.outcome for row in runtime.store.attempts(handle.execution_id)):
-        assert time.monotonic() < deadline, "the first step never finished"
-        time.sleep(0.05)
+    wait_for_an_ended_attempt(runtime, handle.execution_id)
     time.sleep(0.6)
 
     final = handle.report()
