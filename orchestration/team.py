@@ -6,19 +6,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from celery._state import _set_task_join_will_block, task_join_will_block
-from celery.canvas import Signature
-
 from orchestration.handle import ExecutionHandle
 from orchestration.report import ExecutionReport
 from orchestration.resilience.breaker import CLOSED
-from orchestration.runtime import Runtime, get_runtime
+from orchestration.runtime import get_runtime
 from orchestration.settings import get_settings
 from orchestration.spec import TeamSpec
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.repository import spec_digest
 from orchestration.team_file import load_team, parse_team
-from workflows.canvas import compile_level
+from workflows.canvas import compile_level, publish
 from workflows.plan import ExecutionPlan, build_plan
 
 
@@ -49,8 +46,7 @@ class Team:
         spec, digest = self._spec_json()
         runtime.store.register_agents(self.name, spec["agents"])
         runtime.store.create_execution(execution_id, spec, self.plan, input, digest)
-        first = compile_level(self.plan, execution_id, runtime.settings.queue, runtime.app)
-        publish(runtime, first)
+        publish(runtime.app, compile_level(self.plan, execution_id, runtime.settings.queue))
         return runtime.handle(execution_id)
 
     def _spec_json(self) -> tuple[dict[str, Any], str]:
@@ -76,21 +72,6 @@ class Team:
     def run(self, input: Any = None, timeout: float | None = None) -> ExecutionReport:
         """Enqueue and wait for the result."""
         return self.enqueue(input).wait(timeout)
-
-
-def publish(runtime: Runtime, canvas: Signature) -> None:
-    """Send the execution's canvas without subscribing to its results.
-
-    Status comes from our tables, never from AsyncResult; but Celery's Redis backend
-    subscribes a publisher to each task it sends unless it believes it is inside a worker,
-    which leaks a subscription per task and unsubscribes noisily at exit. So say so.
-    """
-    before = task_join_will_block()
-    _set_task_join_will_block(True)
-    try:
-        canvas.apply_async()
-    finally:
-        _set_task_join_will_block(before)
 
 
 def execution(execution_id: str) -> ExecutionHandle:

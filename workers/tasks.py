@@ -29,7 +29,7 @@ from workers.delegation import Delegation, Delivery, Limits, RetryLater, team_of
 from workers.health import run_heartbeat
 from workers.reaper import reap as reap_lost_work
 from workers.reaper import resume_attempts
-from workflows.canvas import compile_level
+from workflows.canvas import TaskMessage, compile_level, publish
 from workflows.outcome import decide_outcome
 
 log = logging.getLogger("troupe.worker")
@@ -60,7 +60,7 @@ def _fresh_connections(**_: Any) -> None:
     dispose_engines()
 
 
-@app.task(name=START_TASK)
+@app.task(name=START_TASK, ignore_result=True)
 def start(execution_id: str, resume: bool = False) -> str:
     """Publish the execution's first level from its recorded plan.
 
@@ -76,15 +76,17 @@ def start(execution_id: str, resume: bool = False) -> str:
         from_level = min((row.level for row in unfinished), default=len(plan.levels))
         attempts = resume_attempts(steps)
         done = frozenset(row.step_id for row in steps if row.status in STEP_FINAL)
-    compile_level(
-        plan,
-        execution_id,
-        get_settings().queue,
+    publish(
         app,
-        level=from_level,
-        attempts=attempts,
-        done=done,
-    ).apply_async()
+        compile_level(
+            plan,
+            execution_id,
+            get_settings().queue,
+            level=from_level,
+            attempts=attempts,
+            done=done,
+        ),
+    )
     return execution_id
 
 
@@ -138,10 +140,10 @@ def move_on(execution_id: str, step_id: str) -> None:
     if level == plan.last_level:
         finish_execution(execution_id)
         return
-    compile_level(plan, execution_id, get_settings().queue, app, level=level + 1).apply_async()
+    publish(app, compile_level(plan, execution_id, get_settings().queue, level=level + 1))
 
 
-@app.task(name=FINALIZE_TASK)
+@app.task(name=FINALIZE_TASK, ignore_result=True)
 def finalize(execution_id: str) -> dict[str, Any]:
     return finish_execution(execution_id)
 
@@ -182,8 +184,9 @@ def reap() -> dict[str, Any]:
         store(),
         lease_ttl=settings.lease_ttl,
         stall_timeout=settings.stall_timeout,
-        resume=lambda execution_id: app.send_task(
-            START_TASK, args=(execution_id,), kwargs={"resume": True}, queue=settings.queue
+        resume=lambda execution_id: publish(
+            app,
+            [TaskMessage(START_TASK, (execution_id,), {"resume": True}, {"queue": settings.queue})],
         ),
     )
     if report.lost_attempts or report.resumed:

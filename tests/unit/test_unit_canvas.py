@@ -1,10 +1,9 @@
-"""compile_level: what to publish for one level of the plan (one delegation, or a group
-whose members count the level down), resuming with attempt numbers and without the
-steps already decided; past the last level, the finalize task. Nothing is published."""
+"""compile_level: the messages of one level of the plan (one per step; the members of a
+wide level count it down), resuming with attempt numbers and without the steps already
+decided; past the last level, the finalize task. Nothing is published."""
 
 import pytest
 import yaml
-from celery.canvas import Signature, _chain, _chord, group
 
 from orchestration.team_file import parse_team
 from workflows.canvas import compile_level
@@ -33,13 +32,16 @@ def plan_for(strategy, *steps):
     return build_plan(parse_team(yaml.safe_dump(data), source="team.yaml"))
 
 
-def assert_delegation(sig, step_id, agent, *, attempt=1):
-    assert isinstance(sig, Signature) and not isinstance(sig, (_chord, _chain, group))
+def assert_delegation(messages, step_id, agent, *, attempt=1):
+    (sig,) = messages
+    assert_member(sig, step_id, agent, attempt=attempt)
+
+
+def assert_member(sig, step_id, agent, *, attempt=1):
     assert sig.task == "troupe.delegate"
     assert sig.args == (EXECUTION, step_id)
     # Two ids and an attempt number: nothing else travels, however long the team.
     assert sig.kwargs == {"attempt": attempt}
-    assert sig.immutable is True
     assert sig.options["queue"] == QUEUE
     assert sig.options["shadow"] == f"agent:{agent}"
     # Flower's args and kwargs columns.
@@ -47,17 +49,16 @@ def assert_delegation(sig, step_id, agent, *, attempt=1):
     assert sig.options["kwargsrepr"] == repr({"attempt": attempt})
 
 
-def assert_group(part, members):
-    assert isinstance(part, group) and not isinstance(part, _chord)
-    assert len(part.tasks) == len(members)
-    for sig, (step_id, agent) in zip(part.tasks, members, strict=True):
-        assert_delegation(sig, step_id, agent)
+def assert_level(messages, members):
+    assert len(messages) == len(members)
+    for sig, (step_id, agent) in zip(messages, members, strict=True):
+        assert_member(sig, step_id, agent)
 
 
-def assert_finalize(sig):
+def assert_finalize(messages):
+    (sig,) = messages
     assert sig.task == "troupe.finalize"
     assert sig.args == (EXECUTION,)
-    assert sig.immutable is True
     assert sig.options["queue"] == QUEUE
 
 
@@ -68,15 +69,15 @@ def test_a_sequential_team_publishes_one_small_delegation_per_level():
     assert_delegation(compile_level(plan, EXECUTION, QUEUE, level=57), "s57", "scout")
 
 
-def test_a_parallel_level_is_one_plain_group():
+def test_a_parallel_level_is_one_message_per_step():
     plan = plan_for("parallel", ("a", "scout"), ("b", "judge"))
-    assert_group(compile_level(plan, EXECUTION, QUEUE), [("a", "scout"), ("b", "judge")])
+    assert_level(compile_level(plan, EXECUTION, QUEUE), [("a", "scout"), ("b", "judge")])
 
 
 def test_a_diamond_dag_level_by_level():
     plan = plan_for("dag", *DIAMOND)
     assert_delegation(compile_level(plan, EXECUTION, QUEUE, level=0), "a", "scout")
-    assert_group(compile_level(plan, EXECUTION, QUEUE, level=1), [("b", "judge"), ("c", "scout")])
+    assert_level(compile_level(plan, EXECUTION, QUEUE, level=1), [("b", "judge"), ("c", "scout")])
     assert_delegation(compile_level(plan, EXECUTION, QUEUE, level=2), "d", "judge")
 
 
