@@ -277,8 +277,8 @@ class Delegation:
             )
         except _NotOurs:
             # Another copy of this message started the same attempt a moment ago: this
-            # call goes on in its helper thread, unrecorded; look again when the other
-            # copy's lease would have expired.
+            # call was interrupted (in a helper thread, it goes on unrecorded); look
+            # again when the other copy's lease would have expired.
             if admission.trial:
                 self.breakers.store.release_trial(agent_name)
             return self._later(self.limits.lease_ttl, attempt, delivery.previous_delay)

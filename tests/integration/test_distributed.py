@@ -221,6 +221,44 @@ def test_audit_rows_are_in_postgresql_with_the_worker_hostname(
     assert rows[3]["agent"] == "noop"
 
 
+def test_a_call_past_its_time_limit_is_stopped_in_the_worker(
+    distributed: Any, tmp_path: Path
+) -> None:
+    """A prefork pool process cuts the agent's own code off at the limit: the timed-out
+    attempts are recorded and retried, and neither call goes on to its end afterwards."""
+    from tests.support.teams import agent
+
+    team = write_team(
+        tmp_path,
+        "sequential",
+        [{"id": "slow", "agent": "sleep_then_mark"}],
+        agents={"sleep_then_mark": agent("sleep_then_mark", timeout=0.3, max_attempts=2)},
+    )
+    mark = tmp_path / "ran-to-the-end"
+    started = time.monotonic()
+    result, data = run_json(
+        [
+            "run-team",
+            str(team),
+            "--input-json",
+            json.dumps({"seconds": 1.5, "mark": str(mark)}),
+            "--timeout",
+            "30",
+        ],
+        distributed.env,
+    )
+    assert result.returncode == 1, describe(result)
+    step = data["steps"][0]
+    assert (step["status"], step["attempts"]) == ("failed", 2)
+    assert step["error"] == "AttemptTimeout: attempt exceeded its time limit of 0.3s"
+    rows = attempt_rows(distributed.database_url, data["execution_id"])
+    assert [r["outcome"] for r in rows] == ["timeout", "timeout"]
+    assert all(300 <= r["duration_ms"] < 1000 for r in rows), rows
+    # Each call would have created the file 1.5 s after it started.
+    time.sleep(max(0.0, started + 2 * 1.5 + 0.5 - time.monotonic()))
+    assert not mark.exists()
+
+
 def test_stop_cancels_a_running_execution(distributed: Any, tmp_path: Path) -> None:
     team = write_team(tmp_path, "sequential", [{"id": "slow", "agent": "sleepy"}, {"id": "never"}])
     enqueue = run_manage(["run-team", str(team), "--input-json", "3", "--no-wait"], distributed.env)

@@ -7,6 +7,7 @@ the test process, in ``manage.py`` subprocesses and in worker processes alike.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from orchestration.errors import PermanentAgentError, TransientAgentError
@@ -19,6 +20,7 @@ AGENT_NAMES = (
     "fail_permanent",
     "flaky_until_third",
     "sleepy",
+    "sleep_then_mark",
     "count_issues",
     "noop",
 )
@@ -66,6 +68,14 @@ def sleepy(call: Any) -> dict[str, float]:
     )
     time.sleep(seconds)
     return {"slept": seconds}
+
+
+def sleep_then_mark(call: Any) -> str:
+    """Sleeps ``input["seconds"]``, then creates the file ``input["mark"]``: whether the
+    file exists tells whether the call ran to its end."""
+    time.sleep(float(call.input["seconds"]))
+    Path(call.input["mark"]).touch()
+    return "marked"
 
 
 def count_issues(call: Any) -> dict[str, int]:
