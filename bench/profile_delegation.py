@@ -3,6 +3,7 @@ for every step of a recorded execution against PostgreSQL, and prints millisecon
 delegation, statements and commits per delegation, and optionally a cProfile listing.
 
     python -m bench.profile_delegation [--steps 2000] [--strategy parallel] [--profile]
+    python -m bench.profile_delegation --breaker-open   # every delegation is rejected
 
 This is the inner loop the worker benchmarks pay for on every task; it isolates Troupe's
 own cost from Celery's and Redis's. It creates and drops its own database
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print a cProfile listing")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--tottime", action="store_true", help="also list by own time")
+    parser.add_argument(
+        "--breaker-open",
+        action="store_true",
+        help="open the agent's breaker first: the cost of a rejected dispatch",
+    )
     args = parser.parse_args(argv)
 
     with prepare(name="profile"):
@@ -47,11 +53,18 @@ def _measure(args: argparse.Namespace) -> int:
     from workflows.plan import build_plan
 
     runtime = get_runtime()
-    team = Team.from_yaml(noop_team("profile", args.strategy, args.steps))
+    breaker = {"breaker": {"when_open": "fail"}} if args.breaker_open else {}
+    text = noop_team("profile", args.strategy, args.steps, **breaker)
+    team = Team.from_yaml(text)
     plan = build_plan(team.spec)
     execution_id = f"profile-{os.getpid()}"
     runtime.store.register_agents(team.name, team.spec.model_dump(mode="json")["agents"])
     runtime.store.create_execution(execution_id, team.spec.model_dump(mode="json"), plan, {"n": 1})
+    if args.breaker_open:
+        from orchestration.store.breakers import BreakerStore
+
+        policy = team.spec.agents["noop"].breaker
+        BreakerStore(runtime.store).force_open("noop", policy, "profile: opened on purpose")
     counts = {"statements": 0, "commits": 0}
 
     def on_statement(*_: Any) -> None:
@@ -86,6 +99,7 @@ def _measure(args: argparse.Namespace) -> int:
     # Statements SQLAlchemy sent, plus the round trips of the store's hot path (its
     # prepared read and write scripts go through the bare psycopg2 cursor).
     counts["statements"] += runner.store.hot_round_trips - hot_before
+    outcomes = _outcomes(runtime.store.engine, execution_id)
     print(
         json.dumps(
             {
@@ -95,6 +109,9 @@ def _measure(args: argparse.Namespace) -> int:
                 "ms_per_delegation": round(1000 * seconds / n, 3),
                 "round_trips_per_delegation": round(counts["statements"] / n, 2),
                 "commits_per_delegation": round(counts["commits"] / n, 2),
+                "breaker_open": args.breaker_open,
+                # Recorded attempts by outcome: with the breaker open, no "success".
+                "attempt_outcomes": outcomes,
             }
         )
     )
@@ -103,6 +120,20 @@ def _measure(args: argparse.Namespace) -> int:
         if args.tottime:
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(args.top)
     return 0
+
+
+def _outcomes(engine: Any, execution_id: str) -> dict[str, int]:
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT outcome, count(*) FROM troupe_attempts WHERE execution_id = :id"
+                " GROUP BY outcome"
+            ),
+            {"id": execution_id},
+        )
+        return {outcome: count for outcome, count in rows}
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ def team_yaml(
     )
 
 
-def noop_team(name: str, strategy: str, size: int) -> str:
-    """``size`` steps of the no-op agent (default policies), ``parallel`` or ``sequential``."""
+def noop_team(name: str, strategy: str, size: int, **agent: Any) -> str:
+    """``size`` steps of the no-op agent, ``parallel`` or ``sequential``; default policies
+    unless ``agent`` gives some (e.g. ``breaker={...}``)."""
     width = len(str(size - 1))
     steps = [{"id": f"s{i:0{width}d}", "agent": "noop"} for i in range(size)]
-    return team_yaml(name, strategy, steps, {"noop": {"target": NOOP}})
+    return team_yaml(name, strategy, steps, {"noop": {"target": NOOP, **agent}})
 
 
 def switchable_team(agent: str, failure_threshold: int, reset_timeout: float) -> str:

@@ -73,3 +73,15 @@ def test_a_fast_delegation_costs_one_read_and_one_write(
     assert figures["steps"] == 40
     assert figures["round_trips_per_delegation"] <= 2.2, figures
     assert figures["commits_per_delegation"] <= 0.1, figures
+    assert figures["attempt_outcomes"] == {"success": 40}, figures
+
+
+@pytest.mark.timeout(120)
+def test_a_rejected_dispatch_costs_one_read_and_one_write_and_no_call(
+    redis_url: str, postgres_url: str
+) -> None:
+    command = [sys.executable, "-m", "bench.profile_delegation", "--steps", "40"]
+    (figures,) = json_lines([*command, "--breaker-open"], timeout=110)
+    assert figures["breaker_open"] is True
+    assert figures["attempt_outcomes"] == {"rejected": 40}, figures
+    assert figures["round_trips_per_delegation"] <= 2.2, figures
