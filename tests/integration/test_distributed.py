@@ -123,6 +123,29 @@ def test_parallel_fan_out_of_200_steps(distributed: Any, tmp_path: Path) -> None
     print(f"200-step fan-out took {elapsed:.1f}s")
 
 
+def test_every_message_of_a_run_is_acknowledged_in_redis(distributed: Any, tmp_path: Path) -> None:
+    """The worker writes acknowledgements without waiting for Redis's replies: each of the
+    50 delegations must still leave kombu's unacked index, or the broker would deliver it
+    again after the visibility timeout."""
+    import redis
+
+    team = write_team(tmp_path, "dag", [{"id": f"s{i:02d}", "agent": "noop"} for i in range(50)])
+    result, data = run_json(["run-team", str(team), "--timeout", "60"], distributed.env)
+    assert result.returncode == 0, describe(result)
+    assert data["status"] == "completed"
+    client = redis.Redis.from_url(distributed.redis_url)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            left = client.hlen("unacked"), client.zcard("unacked_index")
+            if left == (0, 0):
+                break
+            time.sleep(0.05)
+        assert left == (0, 0)
+    finally:
+        client.close()
+
+
 def test_no_wait_prints_an_id_and_status_reports_completion(
     distributed: Any, tmp_path: Path
 ) -> None:
