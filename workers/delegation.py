@@ -33,7 +33,11 @@ from orchestration.envelope import Envelope, StepState, envelope_of, record_of
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import Failure, classify
-from orchestration.resilience.time_limit import HeartbeatMonitor, call_with_time_limit
+from orchestration.resilience.time_limit import (
+    CallWatch,
+    HeartbeatMonitor,
+    call_with_time_limit,
+)
 from orchestration.spec import AgentSpec, TeamSpec, WhenOpen
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
@@ -265,15 +269,17 @@ class Delegation:
             adapter = build_adapter(agent)
             result = call_with_time_limit(
                 lambda: adapter.invoke(call),
-                limit,
-                heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
-                monitor=monitor,
-                renew_lease=lambda details: store.renew_lease(
-                    execution_id, step.id, attempt, details
+                CallWatch(
+                    limit,
+                    heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
+                    monitor=monitor,
+                    renew_lease=lambda details: store.renew_lease(
+                        execution_id, step.id, attempt, details
+                    ),
+                    lease_interval=self.limits.lease_interval,
+                    still_running=mark_started,
+                    still_running_after=self.limits.lease_after,
                 ),
-                lease_interval=self.limits.lease_interval,
-                still_running=mark_started,
-                still_running_after=self.limits.lease_after,
             )
         except _NotOurs:
             # Another copy of this message started the same attempt a moment ago: this

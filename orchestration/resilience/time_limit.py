@@ -12,45 +12,21 @@ attempt from one whose worker died (``call_watch``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from orchestration.resilience import alarm_call
 from orchestration.resilience.call_watch import CallWatch, HeartbeatMonitor
 from orchestration.resilience.helper_threads import call_in_helper
 
-__all__ = ["HeartbeatMonitor", "call_with_time_limit"]
+__all__ = ["CallWatch", "HeartbeatMonitor", "call_with_time_limit"]
 
 T = TypeVar("T")
 
 
-def call_with_time_limit(
-    function: Callable[[], T],
-    seconds: float,
-    *,
-    heartbeat_timeout: float | None = None,
-    monitor: HeartbeatMonitor | None = None,
-    renew_lease: Callable[[Any], None] | None = None,
-    lease_interval: float = 5.0,
-    still_running: Callable[[], None] | None = None,
-    still_running_after: float = 0.0,
-) -> T:
-    """``function()``, cut off after ``seconds`` (``AttemptTimeout``) or after
-    ``heartbeat_timeout`` without a beat on ``monitor`` (``HeartbeatTimeout``).
-
-    ``still_running`` is called once if the call has not returned after
-    ``still_running_after`` seconds (Troupe writes the attempt's start marker then, so
-    fast calls are recorded once, at their end); ``renew_lease`` every
-    ``lease_interval`` after that. Whatever either raises ends the call.
-    """
-    watch = CallWatch(
-        seconds,
-        heartbeat_timeout=heartbeat_timeout,
-        monitor=monitor,
-        renew_lease=renew_lease,
-        lease_interval=lease_interval,
-        still_running=still_running,
-        still_running_after=still_running_after,
-    )
+def call_with_time_limit(function: Callable[[], T], limit: float | CallWatch) -> T:
+    """``function()``, cut off after ``limit`` seconds (``AttemptTimeout``); a
+    ``CallWatch`` adds a heartbeat timeout, the start marker and lease renewals."""
+    watch = limit if isinstance(limit, CallWatch) else CallWatch(limit)
     if alarm_call.usable():
         return alarm_call.call_with_alarm(function, watch)
     return call_in_helper(function, watch)

@@ -16,9 +16,13 @@ from typing import Any
 
 import pytest
 
-from orchestration.errors import AgentError, AttemptTimeout, HeartbeatTimeout
+from orchestration.errors import AgentError, AttemptTimeout
 from orchestration.resilience import alarm_call
-from orchestration.resilience.time_limit import HeartbeatMonitor, call_with_time_limit
+from orchestration.resilience.time_limit import (
+    CallWatch,
+    HeartbeatMonitor,
+    call_with_time_limit,
+)
 
 
 class AgentBroke(RuntimeError):
@@ -71,6 +75,16 @@ def in_another_thread(scenario: Callable[[], Any]) -> tuple[str, Any]:
 
 
 RUNNERS = {"alarm": in_a_pool_process, "helper": in_another_thread}
+
+
+def time_the_cut_off(call: Callable[[], Any]) -> tuple[str, float, float] | None:
+    """What cut ``call`` off, at what limit, after how long; None if nothing did."""
+    started = time.monotonic()
+    try:
+        call()
+    except AttemptTimeout as exc:  # HeartbeatTimeout is one too
+        return type(exc).__name__, exc.seconds, time.monotonic() - started
+    return None
 
 
 @pytest.fixture(params=sorted(RUNNERS))
@@ -134,11 +148,13 @@ def test_a_slow_call_is_marked_started_once_then_its_lease_renewed(run):
         started = time.monotonic()
         call_with_time_limit(
             lambda: time.sleep(0.35),
-            2.0,
-            still_running=lambda: events.append(("marker", time.monotonic() - started)),
-            still_running_after=0.05,
-            renew_lease=lambda details: events.append(("lease", time.monotonic() - started)),
-            lease_interval=0.1,
+            CallWatch(
+                2.0,
+                still_running=lambda: events.append(("marker", time.monotonic() - started)),
+                still_running_after=0.05,
+                renew_lease=lambda details: events.append(("lease", time.monotonic() - started)),
+                lease_interval=0.1,
+            ),
         )
         return events
 
@@ -155,11 +171,13 @@ def test_a_fast_call_writes_no_marker(run):
         events: list[str] = []
         value = call_with_time_limit(
             lambda: "quick",
-            2.0,
-            still_running=lambda: events.append("marker"),
-            still_running_after=0.2,
-            renew_lease=lambda details: events.append("lease"),
-            lease_interval=0.05,
+            CallWatch(
+                2.0,
+                still_running=lambda: events.append("marker"),
+                still_running_after=0.2,
+                renew_lease=lambda details: events.append("lease"),
+                lease_interval=0.05,
+            ),
         )
         time.sleep(0.3)  # past when a marker would have been due
         return value, events
@@ -175,7 +193,8 @@ def test_what_the_marker_raises_ends_the_call(run):
         started = time.monotonic()
         try:
             call_with_time_limit(
-                lambda: time.sleep(2), 5.0, still_running=refuse, still_running_after=0.05
+                lambda: time.sleep(2),
+                CallWatch(5.0, still_running=refuse, still_running_after=0.05),
             )
         except AgentBroke as exc:
             return str(exc), time.monotonic() - started
@@ -190,19 +209,13 @@ def test_what_the_marker_raises_ends_the_call(run):
 
 def test_a_silent_agent_is_cut_off_at_its_heartbeat_timeout(run):
     def scenario():
-        started = time.monotonic()
-        try:
-            call_with_time_limit(
-                lambda: time.sleep(2), 5.0, heartbeat_timeout=0.15, monitor=HeartbeatMonitor()
-            )
-        except HeartbeatTimeout as exc:
-            return exc.seconds, time.monotonic() - started
-        return None
+        watch = CallWatch(5.0, heartbeat_timeout=0.15, monitor=HeartbeatMonitor())
+        return time_the_cut_off(lambda: call_with_time_limit(lambda: time.sleep(2), watch))
 
     kind, outcome = run(scenario)
     assert kind == "value", outcome
-    seconds, elapsed = outcome
-    assert seconds == 0.15
+    error, seconds, elapsed = outcome
+    assert (error, seconds) == ("HeartbeatTimeout", 0.15)
     assert 0.15 <= elapsed < 0.5
 
 
@@ -216,7 +229,7 @@ def test_an_agent_that_keeps_beating_outlives_its_heartbeat_timeout(run):
                 monitor.beat({"done": _})
             return "finished"
 
-        return call_with_time_limit(agent, 5.0, heartbeat_timeout=0.15, monitor=monitor)
+        return call_with_time_limit(agent, CallWatch(5.0, heartbeat_timeout=0.15, monitor=monitor))
 
     assert run(scenario) == ("value", "finished")
 
@@ -269,17 +282,12 @@ def test_an_agent_that_swallows_the_cut_off_is_still_timed_out():
                         return "swallowed twice"
             return "slept it out"
 
-        started = time.monotonic()
-        try:
-            call_with_time_limit(stubborn, 0.1)
-        except AttemptTimeout as exc:
-            return exc.seconds, time.monotonic() - started
-        return None
+        return time_the_cut_off(lambda: call_with_time_limit(stubborn, 0.1))
 
     kind, outcome = in_a_pool_process(scenario)
     assert kind == "value", outcome
-    seconds, elapsed = outcome
-    assert seconds == 0.1
+    error, seconds, elapsed = outcome
+    assert (error, seconds) == ("AttemptTimeout", 0.1)
     assert elapsed < 0.5  # cut off, cut off again 50 ms later, then it gave up
 
 
