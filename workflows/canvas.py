@@ -43,8 +43,8 @@ class TaskMessage:
 def delegation_message(
     execution_id: str, step: PlannedStep, queue: str, attempt: int = 1
 ) -> TaskMessage:
-    kwargs = {"attempt": attempt}  # every message names its attempt: that is how a
-    # redelivered copy is recognised
+    # Every message names its attempt: that is how a redelivered copy is recognised.
+    kwargs = {"attempt": attempt}
     return TaskMessage(
         DELEGATE_TASK,
         (execution_id, step.id),
