@@ -16,6 +16,8 @@ from orchestration.constants import DEFAULT_QUEUE
 
 EMBEDDED_BROKER_URL = "memory://localhost/"
 EMBEDDED_RESULT_BACKEND = "cache+memory://"
+# kombu's names for the AMQP 0-9-1 transport (py-amqp; librabbitmq is its C twin).
+RABBITMQ_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
 
 
 class Settings(BaseSettings):
@@ -33,8 +35,14 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default=Path(".troupe"))
     queue: str = DEFAULT_QUEUE
     # Above the longest agent time limit plus the longest backoff delay: a message held
-    # longer than this is redelivered while the first copy still runs.
+    # longer than this is redelivered while the first copy still runs. RabbitMQ has no
+    # visibility timeout: see consumer_timeout.
     visibility_timeout: float = 3600.0
+    # RabbitMQ's own consumer_timeout, in seconds (rabbitmq.conf has it in milliseconds;
+    # 30 min by default). Troupe cannot read it from the broker: change both together.
+    # RabbitMQ closes the channel of a worker that holds a message unacknowledged longer,
+    # and delivers its messages again.
+    consumer_timeout: float = Field(default=1800.0, gt=0)
     heartbeat_interval: float = Field(default=30.0, gt=0)
     # How often the reaper looks for lost work.
     reap_interval: float = Field(default=30.0, gt=0)
@@ -76,12 +84,21 @@ class Settings(BaseSettings):
         return self.broker_url or EMBEDDED_BROKER_URL
 
     @property
+    def broker_is_rabbitmq(self) -> bool:
+        scheme = self.effective_broker_url.partition("://")[0].lower()
+        return scheme in RABBITMQ_SCHEMES
+
+    @property
     def effective_result_backend(self) -> str:
         if self.result_backend:
             return self.result_backend
         if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
-        return EMBEDDED_RESULT_BACKEND
+        if self.embedded:
+            return EMBEDDED_RESULT_BACKEND
+        # Troupe reads no task results (status comes from its own tables): with no Redis
+        # to keep them in, keep none rather than a per-process cache no one else reads.
+        return "disabled"
 
     @property
     def effective_database_url(self) -> str:

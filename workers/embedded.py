@@ -68,7 +68,9 @@ class EmbeddedWorker:
         # of the in-memory broker, and nothing would ever arrive here.
         from celery.beat import EmbeddedService
 
-        beat = EmbeddedService(self._app, thread=True)
+        # The service takes its scheduler class as an argument, not from the app's
+        # beat_scheduler: without it, a persistent schedule file lands in the cwd.
+        beat = EmbeddedService(self._app, thread=True, scheduler_cls=self._app.conf.beat_scheduler)
         beat.daemon = True
         beat.start()
         self._beat = beat
