@@ -27,11 +27,24 @@ class Team:
 
     @classmethod
     def load(cls, path: str | Path) -> Team:
-        return cls(load_team(path, visibility_timeout=_visibility_bound()))
+        visibility_timeout, consumer_timeout = _redelivery_bounds()
+        return cls(
+            load_team(
+                path, visibility_timeout=visibility_timeout, consumer_timeout=consumer_timeout
+            )
+        )
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<team>") -> Team:
-        return cls(parse_team(text, source=source, visibility_timeout=_visibility_bound()))
+        visibility_timeout, consumer_timeout = _redelivery_bounds()
+        return cls(
+            parse_team(
+                text,
+                source=source,
+                visibility_timeout=visibility_timeout,
+                consumer_timeout=consumer_timeout,
+            )
+        )
 
     @property
     def name(self) -> str:
@@ -81,7 +94,14 @@ def execution(execution_id: str) -> ExecutionHandle:
     return runtime.handle(execution_id)
 
 
-def _visibility_bound() -> float | None:
+def _redelivery_bounds() -> tuple[float | None, float | None]:
+    """(visibility timeout, consumer timeout): the one that bounds how long this broker
+    lets a worker hold a message before it delivers it again, the other None."""
     settings = get_settings()
-    # The in-memory transport never redelivers, so only a real broker imposes the bound.
-    return None if settings.embedded else settings.visibility_timeout
+    if settings.embedded:
+        return None, None  # the in-memory transport never redelivers
+    if settings.broker_is_rabbitmq:
+        # No visibility timeout: RabbitMQ redelivers when the worker's connection drops,
+        # or when it closes a channel that held a message past its consumer_timeout.
+        return None, settings.consumer_timeout
+    return settings.visibility_timeout, None

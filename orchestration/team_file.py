@@ -16,7 +16,11 @@ _SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_team(
-    path: str | Path, *, visibility_timeout: float | None = None, import_targets: bool = True
+    path: str | Path,
+    *,
+    visibility_timeout: float | None = None,
+    consumer_timeout: float | None = None,
+    import_targets: bool = True,
 ) -> TeamSpec:
     source = str(path)
     try:
@@ -26,7 +30,11 @@ def load_team(
     except (OSError, UnicodeDecodeError) as exc:
         raise TeamFileError(source, None, f"cannot read: {exc}") from None
     return parse_team(
-        text, source=source, visibility_timeout=visibility_timeout, import_targets=import_targets
+        text,
+        source=source,
+        visibility_timeout=visibility_timeout,
+        consumer_timeout=consumer_timeout,
+        import_targets=import_targets,
     )
 
 
@@ -35,6 +43,7 @@ def parse_team(
     *,
     source: str = "<team>",
     visibility_timeout: float | None = None,
+    consumer_timeout: float | None = None,
     import_targets: bool = True,
 ) -> TeamSpec:
     try:
@@ -52,6 +61,8 @@ def parse_team(
         check_targets(spec, source)
     if visibility_timeout is not None:
         check_visibility_bound(spec, source, visibility_timeout)
+    if consumer_timeout is not None:
+        check_consumer_timeout_bound(spec, source, consumer_timeout)
     return spec
 
 
@@ -79,16 +90,40 @@ def check_targets(spec: TeamSpec, source: str) -> None:
 
 
 def check_visibility_bound(spec: TeamSpec, source: str, visibility_timeout: float) -> None:
+    _check_redelivery_bound(
+        spec,
+        source,
+        visibility_timeout,
+        "the broker's visibility timeout",
+        "raise TROUPE_VISIBILITY_TIMEOUT",
+    )
+
+
+def check_consumer_timeout_bound(spec: TeamSpec, source: str, consumer_timeout: float) -> None:
+    _check_redelivery_bound(
+        spec,
+        source,
+        consumer_timeout,
+        "RabbitMQ's consumer timeout",
+        "raise consumer_timeout in rabbitmq.conf and TROUPE_CONSUMER_TIMEOUT",
+    )
+
+
+def _check_redelivery_bound(
+    spec: TeamSpec, source: str, bound: float, what: str, remedy: str
+) -> None:
+    """A message is held unacknowledged for a retry's delay, then for the call: past the
+    broker's bound, the broker hands it to another worker while the first still runs."""
     for name, agent in spec.agents.items():
         longest = agent.timeout + agent.retry.largest_delay()
-        if longest > visibility_timeout:
+        if longest > bound:
             raise TeamFileError(
                 source,
                 f"agents.{name}.timeout",
                 f"time limit {agent.timeout:g}s + largest retry delay "
-                f"{agent.retry.largest_delay():g}s exceeds the broker's visibility timeout "
-                f"({visibility_timeout:g}s); the message would be redelivered and run twice. "
-                "Lower them or raise TROUPE_VISIBILITY_TIMEOUT",
+                f"{agent.retry.largest_delay():g}s exceeds {what} "
+                f"({bound:g}s); the message would be redelivered and run twice. "
+                f"Lower them or {remedy}",
             )
 
 

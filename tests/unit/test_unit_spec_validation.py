@@ -271,6 +271,18 @@ def test_visibility_bound_accepts_an_agent_within_it():
     assert spec.agents["writer"].timeout == 5
 
 
+def test_consumer_timeout_bound_rejects_an_agent_that_could_outlive_the_message():
+    message = rejection(team_yaml(agent={"timeout": 8, "retry": RETRY}), consumer_timeout=10)
+    assert message.startswith("team.yaml: agents.writer.timeout: "), message
+    assert "RabbitMQ's consumer timeout (10s)" in message
+    assert "TROUPE_CONSUMER_TIMEOUT" in message
+
+
+def test_consumer_timeout_bound_accepts_an_agent_within_it():
+    spec = parse_team(team_yaml(agent={"timeout": 5, "retry": RETRY}), consumer_timeout=10)
+    assert spec.agents["writer"].timeout == 5
+
+
 def test_visibility_bound_is_not_applied_without_a_timeout():
     spec = parse_team(team_yaml(agent={"timeout": 500, "retry": RETRY}))
     assert spec.agents["writer"].timeout == 500
