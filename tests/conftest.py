@@ -39,6 +39,8 @@ from tests.support.services import (  # noqa: E402  (after the environment is fi
 )
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# RabbitMQ's default vhost: sessions keep apart by their queue names (QUEUE).
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 POSTGRES_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 PID = os.getpid()
 QUEUE = f"troupe-test-{PID}"
@@ -233,6 +235,30 @@ def postgres_url(postgres: Postgres) -> Iterator[str]:
         yield url
     finally:
         postgres.drop(DATABASE)
+
+
+@dataclass
+class RabbitMQ:
+    url: str
+    queue: str  # this session's own
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQ]:
+    """RabbitMQ and a queue name of this session's own, deleted at the end: RabbitMQ keeps
+    a durable queue after its last consumer leaves."""
+    from kombu import Connection
+
+    try:
+        with Connection(RABBITMQ_URL, connect_timeout=2) as connection:
+            connection.connect()
+    except Exception as exc:
+        unavailable(f"RabbitMQ does not answer on {RABBITMQ_URL}: {exc}")
+    try:
+        yield RabbitMQ(url=RABBITMQ_URL, queue=QUEUE)
+    finally:
+        with contextlib.suppress(Exception), Connection(RABBITMQ_URL) as connection:
+            connection.default_channel.queue_delete(QUEUE)
 
 
 @dataclass

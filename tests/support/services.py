@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 MANAGE = ROOT / "manage.py"
@@ -33,12 +35,17 @@ def subprocess_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]
 
 
 def run_manage(
-    args: Sequence[str], env: Mapping[str, str], *, timeout: float = 60
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    timeout: float = 60,
+    cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python manage.py ARGS`` from the project root and capture its output."""
+    """Run ``python manage.py ARGS`` (from the project root unless told) and capture its
+    output."""
     return subprocess.run(
         [PYTHON, str(MANAGE), *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=dict(env),
         capture_output=True,
         text=True,
@@ -71,6 +78,7 @@ class WorkerProcess:
     hostname: str
     log_path: Path
     concurrency: int = 2
+    cwd: Path = ROOT
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -88,7 +96,7 @@ class WorkerProcess:
                     "-l",
                     "INFO",
                 ],
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -118,6 +126,29 @@ class WorkerProcess:
             check=False,
         )
         return result.returncode == 0
+
+    def conf(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The Celery settings the running worker reports (`celery inspect conf`): those
+        that differ from Celery's defaults."""
+        code = (
+            "import json\n"
+            "from workers.app import app\n"
+            f"inspect = app.control.inspect([{self.hostname!r}], timeout={timeout})\n"
+            f"print(json.dumps((inspect.conf() or {{}}).get({self.hostname!r})))\n"
+        )
+        result = subprocess.run(
+            [PYTHON, "-c", code],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30 + timeout,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        conf = json.loads(result.stdout)
+        assert isinstance(conf, dict), f"{self.hostname} did not answer:\n{result.stderr}"
+        return conf
 
     def wait_ready(self, deadline_seconds: float = 25.0) -> None:
         deadline = time.monotonic() + deadline_seconds
