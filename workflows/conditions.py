@@ -8,6 +8,7 @@ Conditions see ``input`` and ``steps.<id>.output`` / ``steps.<id>.status``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -21,6 +22,18 @@ from celpy.evaluation import CELEvalError
 # `steps` as a root name only: `input.steps.x` is a field of the input, not a step.
 _STEP_REFERENCE = re.compile(r"(?<![\w.])(?<!\.\s)steps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+# cel-python parses and evaluates by recursion, and its compile time grows with the text:
+# a team file's expressions are bounded before cel-python sees them. About five Python
+# frames per tree level, within the 2,500 cel-python allows, leave room for a worker's stack.
+MAX_EXPRESSION_CHARS = 2_000
+MAX_EXPRESSION_NESTING = 16  # brackets: ( [ {
+MAX_EXPRESSION_DEPTH = 200  # levels of the parsed tree (a 16-deep bracket nest is ~170)
+# Compiling costs about 0.5 ms plus 15 µs a character: these keep a team's total well
+# under a second. Within the compile cache, so a plan recompiles none of them.
+MAX_TEAM_EXPRESSIONS = 500
+MAX_TEAM_EXPRESSION_CHARS = 20_000
+_OPENING, _CLOSING = frozenset("([{"), frozenset(")]}")
 
 
 class ConditionSyntaxError(ValueError):
@@ -59,8 +72,43 @@ class Condition:
         return ConditionOutcome(bool(result), f"`{self.expression}` is {str(bool(result)).lower()}")
 
 
+def check_expression_bounds(expression: str) -> None:
+    """Refuse, cheaply and before parsing, an expression too long or too deeply nested."""
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ConditionSyntaxError(
+            f"expression of {len(expression):,} characters; at most {MAX_EXPRESSION_CHARS:,}"
+        )
+    depth = deepest = 0
+    for char in _STRING_LITERAL.sub("''", expression):
+        if char in _OPENING:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in _CLOSING:
+            depth -= 1
+    if deepest > MAX_EXPRESSION_NESTING:
+        raise ConditionSyntaxError(
+            f"expression nested {deepest} brackets deep; at most {MAX_EXPRESSION_NESTING}"
+        )
+
+
+def check_expression_budget(expressions: Iterable[str]) -> None:
+    """Refuse a team whose expressions together would take too long to compile."""
+    distinct = set(expressions)
+    if len(distinct) > MAX_TEAM_EXPRESSIONS:
+        raise ConditionSyntaxError(
+            f"{len(distinct):,} distinct expressions; at most {MAX_TEAM_EXPRESSIONS:,} a team"
+        )
+    total = sum(map(len, distinct))
+    if total > MAX_TEAM_EXPRESSION_CHARS:
+        raise ConditionSyntaxError(
+            f"expressions of {total:,} characters in all; "
+            f"at most {MAX_TEAM_EXPRESSION_CHARS:,} a team"
+        )
+
+
 @lru_cache(maxsize=1024)
 def compile_condition(expression: str) -> Condition:
+    check_expression_bounds(expression)
     environment = celpy.Environment()
     try:
         ast = environment.compile(expression)
@@ -72,7 +120,24 @@ def compile_condition(expression: str) -> Condition:
         raise ConditionSyntaxError(
             f"malformed expression `{_one_line(expression)}` (syntax error at {where})"
         ) from None
+    # Operators chain without brackets (`!!!!x`, `1+1+1…`): only the tree shows the depth
+    # that evaluation will recurse to.
+    if _tree_depth(ast) > MAX_EXPRESSION_DEPTH:
+        raise ConditionSyntaxError(
+            f"expression `{_one_line(expression)}` is nested too deeply to evaluate "
+            "(too many chained operators or brackets)"
+        )
     return Condition(expression, environment.program(ast))
+
+
+def _tree_depth(tree: Any) -> int:
+    deepest = 0
+    pending = [(tree, 1)]
+    while pending:
+        node, depth = pending.pop()
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in getattr(node, "children", ()))
+    return deepest
 
 
 def referenced_steps(expression: str) -> frozenset[str]:
@@ -87,8 +152,10 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _one_line(expression: str) -> str:
-    return " ".join(expression.split())
+def _one_line(expression: str, limit: int = 80) -> str:
+    # Error messages quote the expression, but never more than a glance of it.
+    line = " ".join(expression.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _error_position(expression: str, exc: BaseException) -> tuple[int, int]:
