@@ -7,12 +7,41 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workflows.conditions import ConditionSyntaxError, compile_condition, referenced_steps
+from orchestration.team_limits import (
+    MAX_AGENT_NAME,
+    MAX_AGENTS,
+    MAX_EXCEPTION_NAME,
+    MAX_EXCEPTION_NAMES,
+    MAX_SECONDS,
+    MAX_STEP_ID,
+    MAX_STEPS,
+    MAX_TARGET,
+    MAX_TEAM_NAME,
+    MAX_TEXT,
+    MAX_URL,
+)
+from workflows.conditions import (
+    ConditionSyntaxError,
+    check_expression_budget,
+    compile_condition,
+    referenced_steps,
+)
 from workflows.graph import find_cycle
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 AGENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+# Every string and duration is bounded (orchestration/team_limits.py says why).
+AgentName = Annotated[str, Field(max_length=MAX_AGENT_NAME)]
+StepId = Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=MAX_STEP_ID)]
+Target = Annotated[str, Field(pattern=TARGET_PATTERN, max_length=MAX_TARGET)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+ExceptionNames = Annotated[
+    tuple[Annotated[str, Field(max_length=MAX_EXCEPTION_NAME)], ...],
+    Field(max_length=MAX_EXCEPTION_NAMES),
+]
 
 
 class SpecProblem(ValueError):
@@ -40,7 +69,8 @@ class Jitter(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never a setting: an infinite deadline overflows a date at run time.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RetryPolicy(_Model):
@@ -50,8 +80,8 @@ class RetryPolicy(_Model):
     max_delay: Annotated[float, Field(ge=0, le=86400)] = 30.0
     jitter: Jitter = Jitter.FULL
     # Exception class names (plain or dotted) to retry or never retry, beyond the defaults.
-    retry_on: tuple[str, ...] = ()
-    no_retry_on: tuple[str, ...] = ()
+    retry_on: ExceptionNames = ()
+    no_retry_on: ExceptionNames = ()
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> RetryPolicy:
@@ -88,7 +118,7 @@ class BreakerPolicy(_Model):
     window: Annotated[int, Field(ge=1, le=1000)] = 20
     failure_rate: Annotated[float, Field(gt=0, le=1)] | None = None
     min_calls: Annotated[int, Field(ge=1, le=1000)] = 10
-    slow_call_seconds: Annotated[float, Field(gt=0)] | None = None
+    slow_call_seconds: Seconds | None = None
     reset_timeout: Annotated[float, Field(gt=0, le=86400)] = 30.0
     half_open_max_calls: Annotated[int, Field(ge=1, le=1000)] = 1
     when_open: WhenOpen | None = None
@@ -109,8 +139,8 @@ class BreakerPolicy(_Model):
 class HealthCheck(_Model):
     """How the beat heartbeat probes an agent: a callable, or an HTTP GET."""
 
-    target: Annotated[str, Field(pattern=TARGET_PATTERN)] | None = None
-    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    target: Target | None = None
+    url: Annotated[str, Field(pattern=r"^https?://", max_length=MAX_URL)] | None = None
     timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
     # Consecutive failed probes that open the agent's breaker.
     failures_to_open: Annotated[int, Field(ge=1, le=100)] = 3
@@ -124,15 +154,15 @@ class HealthCheck(_Model):
 
 class AgentSpec(_Model):
     kind: Literal["python"] = "python"
-    target: Annotated[str, Field(pattern=TARGET_PATTERN)]
-    description: str | None = None
+    target: Target
+    description: Text | None = None
     timeout: Annotated[float, Field(gt=0, le=86400)] = 60.0
     retry: RetryPolicy = RetryPolicy()
     breaker: BreakerPolicy = BreakerPolicy()
-    fallback: str | None = None
+    fallback: AgentName | None = None
     health: HealthCheck | None = None
     # A long-running agent that reports progress (call.heartbeat) must do so this often.
-    heartbeat_timeout: Annotated[float, Field(gt=0)] | None = None
+    heartbeat_timeout: Seconds | None = None
 
     @property
     def when_open(self) -> WhenOpen:
@@ -142,19 +172,21 @@ class AgentSpec(_Model):
 
 
 class StepSpec(_Model):
-    id: Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=100)]
-    agent: str
-    task: str | None = None
-    after: tuple[str, ...] = ()
+    id: StepId
+    agent: AgentName
+    task: Text | None = None
+    after: Annotated[
+        tuple[Annotated[str, Field(max_length=MAX_STEP_ID)], ...], Field(max_length=MAX_STEPS)
+    ] = ()
     when: str | None = None
     # Bounds all attempts and waits of this step together, from its first start.
-    deadline: Annotated[float, Field(gt=0)] | None = None
-    heartbeat_timeout: Annotated[float, Field(gt=0)] | None = None
+    deadline: Seconds | None = None
+    heartbeat_timeout: Seconds | None = None
 
 
 class WorkflowSpec(_Model):
     strategy: Strategy
-    steps: Annotated[tuple[StepSpec, ...], Field(min_length=1)]
+    steps: Annotated[tuple[StepSpec, ...], Field(min_length=1, max_length=MAX_STEPS)]
 
     def dependencies(self) -> dict[str, tuple[str, ...]]:
         """Each step's direct dependencies under this workflow's strategy."""
@@ -172,10 +204,11 @@ class WorkflowSpec(_Model):
 
 
 class TeamSpec(_Model):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    description: str | None = None
+    name: Annotated[str, Field(min_length=1, max_length=MAX_TEAM_NAME)]
+    description: Text | None = None
     agents: Annotated[
-        dict[Annotated[str, Field(pattern=AGENT_NAME_PATTERN)], AgentSpec], Field(min_length=1)
+        dict[Annotated[AgentName, Field(pattern=AGENT_NAME_PATTERN)], AgentSpec],
+        Field(min_length=1, max_length=MAX_AGENTS),
     ]
     workflow: WorkflowSpec
 
@@ -184,6 +217,11 @@ class TeamSpec(_Model):
         self._check_fallbacks()
         steps = self.workflow.steps
         strategy = self.workflow.strategy
+        # Before any expression compiles: together they must stay quick to compile.
+        try:
+            check_expression_budget(s.when for s in steps if s.when is not None)
+        except ConditionSyntaxError as exc:
+            raise SpecProblem("workflow.steps", str(exc)) from None
         seen: dict[str, int] = {}
         for i, step in enumerate(steps):
             where = f"workflow.steps[{i}]"
@@ -214,7 +252,7 @@ class TeamSpec(_Model):
         deps = self.workflow.dependencies()
         cycle = find_cycle([s.id for s in steps], deps)
         if cycle:
-            raise SpecProblem("workflow.steps", "dependency cycle: " + " -> ".join(cycle))
+            raise SpecProblem("workflow.steps", "dependency cycle: " + _cycle_text(cycle))
         return self
 
     def _check_fallbacks(self) -> None:
@@ -253,3 +291,12 @@ class TeamSpec(_Model):
     @property
     def strategy(self) -> Strategy:
         return self.workflow.strategy
+
+
+def _cycle_text(cycle: list[str]) -> str:
+    """A closed path (first step repeated at the end); a long one by its first steps only,
+    so the error stays one short line."""
+    text = " -> ".join(cycle)
+    if len(cycle) <= 6 and len(text) <= 120:
+        return text
+    return f"{' -> '.join(cycle[:3])} -> … -> {cycle[-1]} ({len(cycle) - 1:,} steps)"
