@@ -13,12 +13,26 @@ class TroupeError(Exception):
 class TeamFileError(TroupeError):
     """A team file cannot be used. ``str()`` is one line naming file, field and problem."""
 
+    # Whatever the file holds, the line stays short: a field path keeps its two ends.
+    FIELD_CHARS = 60
+    PROBLEM_CHARS = 240
+
     def __init__(self, source: str, field: str | None, problem: str) -> None:
         self.source = source
-        self.field = field
-        self.problem = problem
-        where = f"{source}: {field}" if field else source
-        super().__init__(f"{where}: {problem}")
+        self.field = _clip(field, self.FIELD_CHARS, middle=True) if field else field
+        self.problem = _clip(problem, self.PROBLEM_CHARS)
+        where = f"{source}: {self.field}" if self.field else source
+        super().__init__(f"{where}: {self.problem}")
+
+
+def _clip(text: str, limit: int, *, middle: bool = False) -> str:
+    line = " ".join(text.splitlines())
+    if len(line) <= limit:
+        return line
+    if middle:
+        half = (limit - 1) // 2
+        return f"{line[:half]}…{line[len(line) - (limit - 1 - half) :]}"
+    return line[: limit - 1] + "…"
 
 
 # --- executions -------------------------------------------------------------------------

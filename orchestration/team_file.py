@@ -1,7 +1,13 @@
-"""Read a team file: YAML → TeamSpec, with one clear line for anything wrong."""
+"""Read a team file: YAML → TeamSpec, with one clear line for anything wrong.
+
+Whatever the file holds, reading it is bounded in time and memory: the limits are in
+orchestration/team_limits.py, each checked before the work it protects.
+"""
 
 from __future__ import annotations
 
+import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +15,18 @@ import yaml
 from pydantic import ValidationError
 
 from orchestration.agents.python_callable import load_target
+from orchestration.bounded_yaml import load_bounded
 from orchestration.errors import AgentLoadError, TeamFileError
 from orchestration.spec import SpecProblem, TeamSpec
+from orchestration.team_limits import MAX_FILE_BYTES
 
-_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# An error quotes what it refuses, but only a glance of it: the value may be megabytes,
+# or a small alias graph that a plain repr would expand into billions of items.
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother = 2, 60, 60
+_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxdict = _ECHO.maxset = 4
+_ECHO_CHARS = 80
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,60}")
 
 
 def load_team(
@@ -24,7 +38,10 @@ def load_team(
 ) -> TeamSpec:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as handle:
+            # One byte more than allowed tells a file at the limit from one above it.
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise TeamFileError(source, None, "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -46,13 +63,16 @@ def parse_team(
     consumer_timeout: float | None = None,
     import_targets: bool = True,
 ) -> TeamSpec:
+    if len(text) > MAX_FILE_BYTES:
+        raise TeamFileError(
+            source, None, f"larger than {MAX_FILE_BYTES:,} bytes, the most a team file may hold"
+        )
     try:
-        # libyaml's loader when present: a 10,000-step team parses in a fraction of the time.
-        data = yaml.load(text, Loader=_SAFE_LOADER)
+        data = load_bounded(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        problem = getattr(exc, "problem", None) or "not valid YAML"
+        problem = getattr(exc, "problem", None) or _reader_problem(exc)
         raise TeamFileError(source, where, f"invalid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise TeamFileError(source, None, "expected a mapping with name, agents and workflow")
@@ -127,6 +147,12 @@ def _check_redelivery_bound(
             )
 
 
+def _reader_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        return f"character #x{exc.character:04x} at position {exc.position} is not allowed"
+    return "not valid YAML"
+
+
 def _independent(errors: list[Any]) -> list[Any]:
     """Drop errors that only echo another one (a list that is "too short" because its one
     item failed), so "(and N more problems)" counts real problems."""
@@ -153,7 +179,7 @@ def _describe(error: Any, data: dict[str, Any]) -> tuple[str | None, str]:
     elif error["type"] == "string_pattern_mismatch" and ".steps[" in prefix:
         message = "step ids must be identifiers (letters, digits, _), usable in conditions"
     if error["type"] == "enum" or error["type"] == "literal_error":
-        message = f"{message} (got {error.get('input')!r})"
+        message = f"{message} (got {_echo(error.get('input'))})"
     return prefix or None, message
 
 
@@ -165,5 +191,12 @@ def _dotted(loc: tuple[Any, ...], data: Any) -> str:
         elif str(part).startswith("function-") or part in ("[key]",):
             continue
         else:
-            out += f".{part}" if out else str(part)
+            # A key that failed validation may be anything the file holds.
+            text = str(part) if _PLAIN_KEY.fullmatch(str(part)) else _echo(part)
+            out += f".{text}" if out else text
     return out
+
+
+def _echo(value: Any) -> str:
+    text = _ECHO.repr(value)
+    return text if len(text) <= _ECHO_CHARS else text[: _ECHO_CHARS - 1] + "…"
