@@ -7,12 +7,15 @@ ones, made at run time, and mutants of the example team)."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from orchestration.bounded_yaml import load_bounded
 from orchestration.errors import TeamFileError
 from orchestration.team_file import load_team, parse_team
 from tests.support.hostile_files import CORPUS, code_running_tags, generated, mutants
@@ -191,6 +194,40 @@ def test_anchors_aliases_and_merge_keys_still_work() -> None:
     assert (agents["b"].retry.max_attempts, agents["b"].retry.initial_delay) == (2, 0.1)
     assert agents["c"].retry == agents["a"].retry
     assert agents["c"].retry.max_attempts == 5
+
+
+def test_the_bounded_loader_reads_what_the_safe_loader_reads() -> None:
+    rng = random.Random(5)
+    scalars = ["yes", "off", "~", "", "0x1F", "0o17", "1_000", "190:20:30", "-.inf", "1.5e3"]
+    scalars += ["2001-12-14", "2001-12-14t21:59:43.10-05:00", "'quoted'", "!!str 12", "x y"]
+
+    def value(depth: int) -> object:
+        roll = rng.random()
+        if depth > 3 or roll < 0.4:
+            return rng.choice([rng.randint(-99, 99), rng.random(), True, None, "s", "a: b"])
+        if roll < 0.7:
+            return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {rng.choice("abcde"): value(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    documents: list[str] = []
+    for _ in range(150):
+        data = value(0)
+        documents += [yaml.safe_dump(data), yaml.safe_dump(data, default_flow_style=True)]
+    documents += [f"k: {scalar}\n" for scalar in scalars]
+    documents += [
+        "base: &b {a: 1, b: 2}\nx: {<<: *b, b: 3}\n",
+        "a: &a {x: 1}\nb: &b {x: 2, y: 2}\nc: {<<: [*a, *b]}\nd: {<<: *a, <<: *b}\n",
+        "a: &s hi\nb: [*s, *s]\n",
+        "? [1, 2]\n: x\n",
+    ]
+    for text in documents:
+        try:
+            expected = yaml.load(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            with pytest.raises(yaml.YAMLError):
+                load_bounded(text)
+            continue
+        assert load_bounded(text) == expected, text
 
 
 def test_a_10000_step_team_still_validates_within_the_bound() -> None:
