@@ -20,12 +20,23 @@ from bench.env import prepare
 from bench.report import emit, error_line, progress
 from bench.sizes import FULL, QUICK, Sizes
 
-NAMES = ("throughput", "latency", "fanout", "depth", "scale", "breaker", "embedded")
+NAMES = (
+    "throughput",
+    "latency",
+    "fanout",
+    "depth",
+    "scale",
+    "breaker",
+    "embedded",
+    "dag",
+    "io_fanout",
+    "map",
+)
 
 
 def _benchmarks() -> dict[str, Callable[[Context], None]]:
     # Imported after the environment is exported: they import Troupe.
-    from bench import embedded, scenarios
+    from bench import embedded, scenarios, workloads
 
     return {
         "throughput": scenarios.throughput,
@@ -35,6 +46,9 @@ def _benchmarks() -> dict[str, Callable[[Context], None]]:
         "scale": scenarios.scale,
         "breaker": scenarios.breaker,
         "embedded": embedded.embedded,
+        "dag": workloads.crossed_dag,
+        "io_fanout": workloads.io_fanout,
+        "map": workloads.map_step,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -39,3 +40,19 @@ def sleepy(call: Any) -> dict[str, Any]:
         time.sleep(min(left, 0.5))
         call.heartbeat({"left": round(max(0.0, left - 0.5), 1)})
     return {"slept": seconds, "pid": os.getpid(), "attempt": call.attempt}
+
+
+def wait(call: Any) -> None:
+    """Blocks for ``input["seconds"]`` in time.sleep: a stand-in for an agent waiting on
+    an LLM or a remote service (I/O-bound, the CPU idle), holding its thread."""
+    time.sleep(float((call.input or {}).get("seconds", 0)))
+
+
+async def async_wait(call: Any) -> None:
+    """``wait`` as a coroutine: awaits asyncio.sleep instead of blocking a thread."""
+    await asyncio.sleep(float((call.input or {}).get("seconds", 0)))
+
+
+def items(call: Any) -> dict[str, list[int]]:
+    """``{"items": [0, 1, ... input["items"] - 1]}``: the list a map step goes over."""
+    return {"items": list(range(int((call.input or {}).get("items", 0))))}

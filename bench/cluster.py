@@ -20,6 +20,8 @@ from typing import Literal
 from bench.env import MANAGE, PYTHON, ROOT, BenchEnv, BenchError
 
 Kind = Literal["troupe", "raw", "beat"]
+# Celery's pools that the benchmarks start workers with.
+Pool = Literal["prefork", "threads", "solo"]
 
 PAGE_KIB = 1024
 PR_SET_PDEATHSIG = 1
@@ -68,7 +70,7 @@ class Process:
         """Resident memory (VmRSS, KiB) of each process of the group."""
         sizes = {}
         for pid in self.group_pids():
-            value = _vm_rss_kib(pid)
+            value = vm_rss_kib(pid)
             if value is not None:
                 sizes[pid] = value
         return sizes
@@ -127,7 +129,7 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def _vm_rss_kib(pid: int) -> int | None:
+def vm_rss_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
             for line in handle:
@@ -143,8 +145,15 @@ def hostname(label: str) -> str:
 
 
 def troupe_worker(
-    env: BenchEnv, name: str, concurrency: int, loglevel: str, extra: dict[str, str] | None = None
+    env: BenchEnv,
+    name: str,
+    concurrency: int,
+    loglevel: str,
+    extra: dict[str, str] | None = None,
+    pool: Pool = "prefork",
 ) -> Process:
+    """``manage.py worker`` with this pool and concurrency; ``extra`` is added to its
+    environment (e.g. TROUPE_DB_CONNECTIONS, a tagged TROUPE_DATABASE_URL)."""
     return Process(
         kind="troupe",
         name=name,
@@ -155,7 +164,7 @@ def troupe_worker(
             "-c",
             str(concurrency),
             "--pool",
-            "prefork",
+            pool,
             "-n",
             name,
             "-l",
@@ -166,7 +175,15 @@ def troupe_worker(
     )
 
 
-def raw_worker(env: BenchEnv, name: str, concurrency: int, loglevel: str) -> Process:
+def raw_worker(
+    env: BenchEnv,
+    name: str,
+    concurrency: int,
+    loglevel: str,
+    extra: dict[str, str] | None = None,
+    pool: Pool = "prefork",
+) -> Process:
+    """``celery -A bench.raw_app worker`` with this pool and concurrency."""
     return Process(
         kind="raw",
         name=name,
@@ -180,7 +197,7 @@ def raw_worker(env: BenchEnv, name: str, concurrency: int, loglevel: str) -> Pro
             "-c",
             str(concurrency),
             "-P",
-            "prefork",
+            pool,
             "-Q",
             env.raw_queue,
             "-n",
@@ -188,7 +205,7 @@ def raw_worker(env: BenchEnv, name: str, concurrency: int, loglevel: str) -> Pro
             "-l",
             loglevel,
         ],
-        env=env.process_env(),
+        env=env.process_env(extra),
         log_path=env.workdir / f"{name.split('@')[0]}.log",
     )
 
@@ -230,17 +247,36 @@ class Cluster:
         beat: bool = False,
         start_timeout: float = 60.0,
         stop_grace: float = 0.5,
+        pool: Pool = "prefork",
+        troupe_env: dict[str, str] | None = None,
+        raw_env: dict[str, str] | None = None,
     ) -> None:
+        """Workers of both kinds with the same pool and concurrency; ``troupe_env`` and
+        ``raw_env`` are added to each kind's environment."""
         self.env = env
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         pid = os.getpid()
         self.troupe = [
-            troupe_worker(env, hostname(f"{tag}-troupe{i}-{pid}"), concurrency, loglevel)
+            troupe_worker(
+                env,
+                hostname(f"{tag}-troupe{i}-{pid}"),
+                concurrency,
+                loglevel,
+                extra=troupe_env,
+                pool=pool,
+            )
             for i in range(troupe_workers)
         ]
         self.raw = [
-            raw_worker(env, hostname(f"{tag}-raw{i}-{pid}"), concurrency, loglevel)
+            raw_worker(
+                env,
+                hostname(f"{tag}-raw{i}-{pid}"),
+                concurrency,
+                loglevel,
+                extra=raw_env,
+                pool=pool,
+            )
             for i in range(raw_workers)
         ]
         self.beat = [beat_process(env, f"{tag}-beat-{pid}", loglevel)] if beat else []

@@ -62,18 +62,9 @@ class Context:
     def emit(
         self, benchmark: str, name: str, unit: str, troupe: list[Any], raw: Any, **extra: Any
     ) -> None:
-        emit(
-            figure(
-                benchmark,
-                name,
-                unit,
-                troupe,
-                raw,
-                quick=self.options.quick,
-                concurrency=self.options.concurrency,
-                **extra,
-            )
-        )
+        # A benchmark with its own pool size (io_fanout) gives its own `concurrency`.
+        common = {"quick": self.options.quick, "concurrency": self.options.concurrency}
+        emit(figure(benchmark, name, unit, troupe, raw, **{**common, **extra}))
 
 
 def median(values: list[float]) -> float:

@@ -37,15 +37,9 @@ DEFAULT_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 LOCKABLE_REDIS_DBS = range(15, 8, -1)
 DB_PREFIX = "troupe_bench_"
 
-TROUPE_TABLES = (
-    "troupe_attempts",
-    "troupe_levels",
-    "troupe_steps",
-    "troupe_heartbeats",
-    "troupe_breakers",
-    "troupe_agents",
-    "troupe_executions",
-)
+# Troupe's tables are whichever the migrations made (troupe_levels came and went): all
+# tables named troupe_* in the bench database are emptied between benchmarks.
+TROUPE_TABLE_PATTERN = "troupe\\_%"
 
 
 class BenchError(RuntimeError):
@@ -282,7 +276,16 @@ def reset_state(env: BenchEnv) -> None:
     engine = create_engine(env.database_url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
-            connection.execute(text(f"TRUNCATE {', '.join(TROUPE_TABLES)} RESTART IDENTITY"))
+            tables = list(
+                connection.execute(
+                    text(
+                        "SELECT quote_ident(tablename) FROM pg_tables"
+                        " WHERE schemaname = current_schema() AND tablename LIKE :pattern"
+                    ),
+                    {"pattern": TROUPE_TABLE_PATTERN},
+                ).scalars()
+            )
+            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
     finally:
         engine.dispose()
     if env.owns_redis_db:

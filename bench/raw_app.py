@@ -56,6 +56,12 @@ def join(results: list[Any]) -> int:
     return len(results)
 
 
+@app.task(name="bench.raw.pause")
+def pause(seconds: float) -> None:
+    """Blocks ``seconds`` in time.sleep: the raw side of an I/O-bound agent call."""
+    time.sleep(seconds)
+
+
 @app.task(name="bench.raw.sleepy", bind=True)
 def sleepy(self: Any, seconds: float, marker: str) -> dict[str, Any]:
     """Notes each start (time, worker, pid) in the file ``marker``, then sleeps: the

@@ -13,11 +13,12 @@ from celery import chain, chord, group
 
 class RawClient:
     def __init__(self) -> None:
-        from bench.raw_app import app, join, noop
+        from bench.raw_app import app, join, noop, pause
 
         self.app = app
         self.noop = noop
         self.join = join
+        self.pause = pause
 
     def tasks(self, count: int, *, timeout: float) -> float:
         """Seconds to run ``count`` independent no-op tasks and collect every result."""
@@ -34,6 +35,15 @@ class RawClient:
         # header's results for a parent error, which at 10,000 members kept the client at
         # 100% CPU for minutes after the chord had finished. The join's value is checked.
         joined = result.get(timeout=timeout, propagate=False)
+        elapsed = time.perf_counter() - started
+        assert joined == width, joined
+        return elapsed
+
+    def pause_chord(self, width: int, seconds: float, *, timeout: float) -> float:
+        """Seconds for a chord of ``width`` tasks that each sleep ``seconds``, and a join."""
+        started = time.perf_counter()
+        header = group(self.pause.si(seconds) for _ in range(width))
+        joined = chord(header, self.join.s()).apply_async().get(timeout=timeout, propagate=False)
         elapsed = time.perf_counter() - started
         assert joined == width, joined
         return elapsed

@@ -25,6 +25,14 @@ class Sizes:
     rejected: int
     # 7. Embedded mode: the example team, and a sequential team of this many steps.
     embedded_steps: int
+    # 8. Crossed DAG: seconds of each slow step (the critical path).
+    dag_slow: int
+    # 9. I/O fan-out: this many agents waiting `io_wait` seconds each, and a join, on one
+    # worker with a threads pool of `io_width` (raw Celery: the same pool, a chord).
+    io_width: int
+    io_wait: int
+    # 10. Map: items of the list a map step goes over (raw Celery: a chord this wide).
+    map_items: int
     # Warm-up: steps (or tasks) run on each side before measuring.
     warmup: int
 
@@ -40,6 +48,10 @@ FULL = Sizes(
     breaker_threshold=5,
     rejected=100,
     embedded_steps=100,
+    dag_slow=3,
+    io_width=1000,
+    io_wait=2,
+    map_items=1000,
     warmup=40,
 )
 
@@ -54,5 +66,9 @@ QUICK = Sizes(
     breaker_threshold=3,
     rejected=15,
     embedded_steps=20,
+    dag_slow=1,
+    io_width=200,
+    io_wait=1,
+    map_items=100,
     warmup=10,
 )

@@ -9,6 +9,9 @@ import yaml
 NOOP = "bench.agents:noop"
 SWITCHABLE = "bench.agents:switchable"
 SLEEPY = "bench.agents:sleepy"
+WAIT = "bench.agents:wait"
+ASYNC_WAIT = "bench.agents:async_wait"
+ITEMS = "bench.agents:items"
 
 
 def team_yaml(
@@ -51,3 +54,50 @@ def sleepy_team(timeout: float) -> str:
     """One step that sleeps (its input says how long), renewing its lease as it goes."""
     agents = {"sleepy": {"target": SLEEPY, "timeout": timeout, "retry": {"max_attempts": 3}}}
     return team_yaml("recovery-sleepy", "sequential", [{"id": "sleep", "agent": "sleepy"}], agents)
+
+
+def crossed_dag_team(timeout: float) -> str:
+    """Two independent branches, ``a_slow → b_fast`` and ``c_fast → d_slow``: the slow
+    steps wait ``input["seconds"]``, the fast ones do nothing. The critical path is one
+    slow step; a level barrier would make it two (d_slow waiting for a_slow)."""
+    agents: dict[str, dict[str, Any]] = {
+        "slow": {"target": WAIT, "timeout": timeout, "retry": {"max_attempts": 1}},
+        "fast": {"target": NOOP},
+    }
+    steps: list[dict[str, Any]] = [
+        {"id": "a_slow", "agent": "slow"},
+        {"id": "b_fast", "agent": "fast", "after": ["a_slow"]},
+        {"id": "c_fast", "agent": "fast"},
+        {"id": "d_slow", "agent": "slow", "after": ["c_fast"]},
+    ]
+    return team_yaml("bench-crossed-dag", "dag", steps, agents)
+
+
+def io_fanout_team(width: int, timeout: float, *, asynchronous: bool = False) -> str:
+    """``width`` steps that each wait ``input["seconds"]`` (time.sleep, or asyncio.sleep
+    when ``asynchronous``), and a join step after all of them."""
+    agents: dict[str, dict[str, Any]] = {
+        "wait": {
+            "target": ASYNC_WAIT if asynchronous else WAIT,
+            "timeout": timeout,
+            "retry": {"max_attempts": 1},
+        },
+        "join": {"target": NOOP},
+    }
+    digits = len(str(width - 1))
+    ids = [f"w{i:0{digits}d}" for i in range(width)]
+    steps: list[dict[str, Any]] = [{"id": step, "agent": "wait"} for step in ids]
+    steps.append({"id": "join", "agent": "join", "after": ids})
+    name = "bench-io-fanout-async" if asynchronous else "bench-io-fanout"
+    return team_yaml(name, "dag", steps, agents)
+
+
+def map_team() -> str:
+    """A step that returns ``{"items": [0 .. input["items"] - 1]}`` and a map step that
+    runs the no-op agent once per item."""
+    agents: dict[str, dict[str, Any]] = {"split": {"target": ITEMS}, "noop": {"target": NOOP}}
+    steps = [
+        {"id": "split", "agent": "split"},
+        {"id": "each", "agent": "noop", "for_each": "steps.split.output.items"},
+    ]
+    return team_yaml("bench-map", "dag", steps, agents)

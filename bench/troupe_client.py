@@ -184,6 +184,14 @@ class TroupeClient:
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
+    def step_output(self, execution_id: str, step_id: str) -> Any:
+        """The recorded output of one step (a map step's: the list of its items')."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                text("SELECT output FROM troupe_steps WHERE execution_id = :e AND step_id = :s"),
+                {"e": execution_id, "s": step_id},
+            ).scalar()
+
     def step_errors(self, execution_id: str) -> list[str | None]:
         with self.engine.connect() as connection:
             return list(

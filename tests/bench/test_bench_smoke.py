@@ -60,6 +60,34 @@ def test_quick_benchmarks_print_one_json_line_per_figure(redis_url: str, postgre
             assert line["troupe"] > 0 and line["raw"] > 0, line
 
 
+@pytest.mark.timeout(150)
+def test_agent_workload_benchmarks_print_their_figures(redis_url: str, postgres_url: str) -> None:
+    """The crossed DAG, the I/O fan-out on a threads pool and the map step, tiny."""
+    sizes = ["dag_slow=1", "io_width=20", "io_wait=1", "map_items=5", "warmup=2"]
+    command = [sys.executable, "-m", "bench", "--quick", "--only", "dag,io_fanout,map"]
+    for size in sizes:
+        command += ["--size", size]
+    lines = json_lines(command, timeout=140)
+    by_figure = {(line["benchmark"], line.get("figure")): line for line in lines}
+    expected = {
+        ("dag", "makespan"),
+        ("io_fanout", "seconds"),
+        ("io_fanout", "async_seconds"),
+        ("io_fanout", "peak_db_connections"),
+        ("io_fanout", "peak_rss"),
+        ("map", "seconds"),
+    }
+    assert expected <= by_figure.keys(), by_figure.keys()
+    for line in lines:
+        assert line.keys() >= REQUIRED, line
+        assert line.get("figure") != "error", line
+    dag = by_figure[("dag", "makespan")]
+    assert set(dag["start_offsets"]) == {"a_slow", "b_fast", "c_fast", "d_slow"}, dag
+    assert dag["raw"] is None and dag["troupe"] >= dag["critical_path"], dag
+    assert by_figure[("io_fanout", "peak_db_connections")]["troupe"] > 0
+    assert by_figure[("map", "seconds")]["raw"] > 0
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("strategy", ["parallel", "sequential"])
 def test_a_fast_delegation_costs_one_read_and_one_write(
