@@ -1,39 +1,70 @@
-"""Names shared by the client, the workers and the store."""
+"""Names shared by the client, the workers and the store.
+
+The statuses themselves are StrEnums in ``workflows.status``; the short names here are
+the ones the store's SQL and the workers use.
+"""
 
 from __future__ import annotations
 
 from typing import Final
+
+from workflows.status import (
+    EXECUTION_FINAL,
+    STEP_FINAL,
+    AttemptOutcome,
+    ExecutionStatus,
+    SkipCause,
+    StepStatus,
+)
 
 DEFAULT_QUEUE: Final = "troupe"
 
 START_TASK: Final = "troupe.start"
 DELEGATE_TASK: Final = "troupe.delegate"
 FINALIZE_TASK: Final = "troupe.finalize"
-
-# Execution statuses.
-PENDING: Final = "pending"
-RUNNING: Final = "running"
-COMPLETED: Final = "completed"
-FAILED: Final = "failed"
-CANCELLED: Final = "cancelled"
-# Step-only statuses.
-RETRYING: Final = "retrying"
-SKIPPED: Final = "skipped"
-
-EXECUTION_FINAL: Final = frozenset({COMPLETED, FAILED, CANCELLED})
-STEP_FINAL: Final = frozenset({COMPLETED, FAILED, SKIPPED, CANCELLED})
-
-# Why a step was skipped: its own condition was false (not a failure; dependents still
-# run), or something upstream failed (dependents are skipped too).
-SKIP_CONDITION: Final = "condition"
-SKIP_UPSTREAM: Final = "upstream"
-
-# Attempt outcomes in the audit trail.
-OUTCOME_SUCCESS: Final = "success"
-OUTCOME_ERROR: Final = "error"
-OUTCOME_TIMEOUT: Final = "timeout"
-OUTCOME_REJECTED: Final = "rejected"  # breaker open: the agent was not called
-OUTCOME_LOST: Final = "lost"  # the worker died mid-attempt
-
 HEARTBEAT_TASK: Final = "troupe.heartbeat"
 REAP_TASK: Final = "troupe.reap"
+
+PENDING: Final = StepStatus.PENDING
+RUNNING: Final = StepStatus.RUNNING
+COMPLETED: Final = StepStatus.COMPLETED
+FAILED: Final = StepStatus.FAILED
+CANCELLED: Final = StepStatus.CANCELLED
+RETRYING: Final = StepStatus.RETRYING
+SKIPPED: Final = StepStatus.SKIPPED
+
+SKIP_CONDITION: Final = SkipCause.CONDITION
+SKIP_UPSTREAM: Final = SkipCause.UPSTREAM
+
+OUTCOME_SUCCESS: Final = AttemptOutcome.SUCCESS
+OUTCOME_ERROR: Final = AttemptOutcome.ERROR
+OUTCOME_TIMEOUT: Final = AttemptOutcome.TIMEOUT
+OUTCOME_REJECTED: Final = AttemptOutcome.REJECTED
+OUTCOME_LOST: Final = AttemptOutcome.LOST
+
+__all__ = [
+    "CANCELLED",
+    "COMPLETED",
+    "DEFAULT_QUEUE",
+    "DELEGATE_TASK",
+    "EXECUTION_FINAL",
+    "FAILED",
+    "FINALIZE_TASK",
+    "HEARTBEAT_TASK",
+    "OUTCOME_ERROR",
+    "OUTCOME_LOST",
+    "OUTCOME_REJECTED",
+    "OUTCOME_SUCCESS",
+    "OUTCOME_TIMEOUT",
+    "PENDING",
+    "REAP_TASK",
+    "RETRYING",
+    "RUNNING",
+    "SKIPPED",
+    "SKIP_CONDITION",
+    "SKIP_UPSTREAM",
+    "START_TASK",
+    "STEP_FINAL",
+    "ExecutionStatus",
+    "StepStatus",
+]

@@ -18,6 +18,9 @@ class StepReport(BaseModel):
     attempts: int
     duration_ms: int | None
     error: str | None
+    # A map item: its map step and its index in the list (None for a plan step).
+    parent: str | None = None
+    item_index: int | None = None
 
 
 class ExecutionReport(BaseModel):
@@ -74,4 +77,6 @@ def _step_report(row: StepRow) -> StepReport:
         attempts=row.attempts,
         duration_ms=row.duration_ms,
         error=error,
+        parent=row.parent_id,
+        item_index=row.item_index,
     )

@@ -103,5 +103,9 @@ def get_runtime() -> Runtime:
             ensure_schema(url, auto_upgrade=settings.embedded or url.startswith("sqlite"))
             from workers.app import app
 
-            _runtime = Runtime(settings=settings, store=Store(url), app=app)
+            _runtime = Runtime(
+                settings=settings,
+                store=Store(url, connections=settings.db_connections),
+                app=app,
+            )
         return _runtime

@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     # no database read. Another worker's opening is seen within this time.
     breaker_cache_ttl: float = Field(default=0.25, ge=0)
     worker_concurrency: int = 2
+    # The most database connections one worker process opens, whatever its pool's
+    # concurrency: a threads pool of 1,000 shares them (each statement holds one for
+    # its round trip only; no agent call holds one while it waits).
+    db_connections: int = Field(default=20, ge=2, le=1000)
+    # A delegation that makes steps ready runs one of them itself, without a broker
+    # round trip, up to this many in a row per message (0: publish everything), and
+    # only while the message has been held less than ``eager_window`` seconds. The
+    # rest are published. An eagerly run step is as recoverable as a published one: the
+    # message that led to it stays unacknowledged until it is decided.
+    eager_steps: int = Field(default=16, ge=0, le=10_000)
+    eager_window: float = Field(default=5.0, ge=0)
     # Workers send task events from the start. Off by default, as in Celery: publishing
     # three events per delegation took ~40% of a busy worker's main process, and Flower
     # switches them on in every worker (every 5 s) while it runs.

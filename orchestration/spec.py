@@ -27,6 +27,7 @@ from workflows.conditions import (
     referenced_steps,
 )
 from workflows.graph import find_cycle
+from workflows.plan import Strategy, dependencies
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 AGENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
@@ -51,14 +52,6 @@ class SpecProblem(ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
-
-
-class Strategy(StrEnum):
-    SEQUENTIAL = "sequential"
-    PARALLEL = "parallel"
-    PIPELINE = "pipeline"
-    CONDITIONAL = "conditional"
-    DAG = "dag"
 
 
 class Jitter(StrEnum):
@@ -182,6 +175,20 @@ class StepSpec(_Model):
     # Bounds all attempts and waits of this step together, from its first start.
     deadline: Seconds | None = None
     heartbeat_timeout: Seconds | None = None
+    # A map step: one delegation of ``agent`` per item of the list this CEL expression
+    # gives (e.g. ``steps.split.output.files``); its output is their outputs in order.
+    for_each: str | None = None
+    # At most this many items in flight at once (default: all).
+    max_parallel: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # A failed item leaves None in the output instead of failing the step.
+    allow_failures: bool = False
+
+    @model_validator(mode="after")
+    def _map_fields(self) -> StepSpec:
+        if self.for_each is None and (self.max_parallel is not None or self.allow_failures):
+            field = "max_parallel" if self.max_parallel is not None else "allow_failures"
+            raise SpecProblem(field, "only a map step (one with for_each) takes it")
+        return self
 
 
 class WorkflowSpec(_Model):
@@ -190,17 +197,7 @@ class WorkflowSpec(_Model):
 
     def dependencies(self) -> dict[str, tuple[str, ...]]:
         """Each step's direct dependencies under this workflow's strategy."""
-        ids = [s.id for s in self.steps]
-        if self.strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE):
-            return {sid: ((ids[i - 1],) if i else ()) for i, sid in enumerate(ids)}
-        if self.strategy is Strategy.PARALLEL:
-            return {sid: () for sid in ids}
-        deps: dict[str, tuple[str, ...]] = {}
-        for step in self.steps:
-            # A step that reads another step's result in its condition must run after it.
-            implied = sorted(referenced_steps(step.when)) if step.when else []
-            deps[step.id] = tuple(dict.fromkeys([*step.after, *implied]))
-        return deps
+        return dependencies(self.strategy, self.steps)
 
 
 class TeamSpec(_Model):
@@ -219,7 +216,7 @@ class TeamSpec(_Model):
         strategy = self.workflow.strategy
         # Before any expression compiles: together they must stay quick to compile.
         try:
-            check_expression_budget(s.when for s in steps if s.when is not None)
+            check_expression_budget(e for s in steps for e in (s.when, s.for_each) if e is not None)
         except ConditionSyntaxError as exc:
             raise SpecProblem("workflow.steps", str(exc)) from None
         seen: dict[str, int] = {}
@@ -248,7 +245,9 @@ class TeamSpec(_Model):
                 if target == step.id:
                     raise SpecProblem(f"{where}.after", f"step {step.id!r} depends on itself")
             if step.when is not None:
-                self._check_condition(i, step, seen)
+                self._check_expression(i, "when", step.when, seen)
+            if step.for_each is not None:
+                self._check_expression(i, "for_each", step.for_each, seen)
         deps = self.workflow.dependencies()
         cycle = find_cycle([s.id for s in steps], deps)
         if cycle:
@@ -268,19 +267,21 @@ class TeamSpec(_Model):
                     f"{where}.breaker.when_open", "'fallback' needs the agent's fallback set"
                 )
 
-    def _check_condition(self, index: int, step: StepSpec, ids: dict[str, int]) -> None:
-        where = f"workflow.steps[{index}].when"
-        assert step.when is not None
+    def _check_expression(
+        self, index: int, name: str, expression: str, ids: dict[str, int]
+    ) -> None:
+        where = f"workflow.steps[{index}].{name}"
+        step_id = self.workflow.steps[index].id
         try:
-            compile_condition(step.when)
+            compile_condition(expression)
         except ConditionSyntaxError as exc:
             raise SpecProblem(where, str(exc)) from None
         strategy = self.workflow.strategy
-        for ref in sorted(referenced_steps(step.when)):
+        for ref in sorted(referenced_steps(expression)):
             if ref not in ids:
                 raise SpecProblem(where, f"refers to unknown step {ref!r}")
-            if ref == step.id:
-                raise SpecProblem(where, "a step's condition cannot read its own result")
+            if ref == step_id:
+                raise SpecProblem(where, f"a step's {name} cannot read its own result")
             if strategy is Strategy.PARALLEL:
                 raise SpecProblem(
                     where, f"parallel steps run at once, so step {ref!r} has no result yet"
@@ -291,6 +292,10 @@ class TeamSpec(_Model):
     @property
     def strategy(self) -> Strategy:
         return self.workflow.strategy
+
+    @property
+    def steps(self) -> tuple[StepSpec, ...]:
+        return self.workflow.steps
 
 
 def _cycle_text(cycle: list[str]) -> str:

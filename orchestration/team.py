@@ -15,7 +15,6 @@ from orchestration.spec import TeamSpec
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.repository import spec_digest
 from orchestration.team_file import load_team, parse_team
-from workflows.canvas import compile_level, publish
 from workflows.plan import ExecutionPlan, build_plan
 
 
@@ -59,7 +58,9 @@ class Team:
         spec, digest = self._spec_json()
         runtime.store.register_agents(self.name, spec["agents"])
         runtime.store.create_execution(execution_id, spec, self.plan, input, digest)
-        publish(runtime.app, compile_level(self.plan, execution_id, runtime.settings.queue))
+        from workers.publish import first_messages, publish
+
+        publish(runtime.app, first_messages(self.plan, execution_id, runtime.settings.queue))
         return runtime.handle(execution_id)
 
     def _spec_json(self) -> tuple[dict[str, Any], str]:

@@ -1,9 +1,11 @@
-"""One delegation: decide whether the step runs, pass the breaker, call the agent under its
-limits, record what happened.
+"""One delegation's shell: read the step's state, let ``orchestration.engine.decisions``
+decide, carry the decision out (call the agent under its limits, record what happened)
+and say what the decision made ready.
 
 Kept free of Celery so it reads as the semantics it implements; ``workers.tasks`` turns a
-``RetryLater`` into ``self.retry(countdown=...)``. At-least-once delivery, exactly-once
-recording: every message names its attempt, and an attempt is recorded once.
+``RetryLater`` into ``self.retry(countdown=...)`` and sends (or runs) what is ready.
+At-least-once delivery, exactly-once recording: every message names its attempt, and an
+attempt is recorded once.
 """
 
 from __future__ import annotations
@@ -13,38 +15,34 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from orchestration.agents.call import AgentCall
 from orchestration.agents.registry import build_adapter
-from orchestration.constants import (
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    PENDING,
-    SKIP_CONDITION,
-    SKIP_UPSTREAM,
-    SKIPPED,
-    STEP_FINAL,
-)
-from orchestration.envelope import Envelope, StepState, envelope_of, record_of
+from orchestration.constants import COMPLETED, FAILED, OUTCOME_REJECTED
+from orchestration.engine import decisions as d
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
-from orchestration.resilience.classify import Failure, classify
-from orchestration.resilience.time_limit import (
-    CallWatch,
-    HeartbeatMonitor,
-    call_with_time_limit,
-)
+from orchestration.resilience.classify import classify
+from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
 from orchestration.spec import AgentSpec, TeamSpec, WhenOpen
+from orchestration.step_state import StepState, record_of
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
-from orchestration.store.repository import AttemptEnd, AttemptError, Decided, Store, now
-from workflows.conditions import compile_condition
+from orchestration.store.repository import (
+    AttemptEnd,
+    AttemptError,
+    Countdown,
+    Decided,
+    Store,
+    now,
+)
 from workflows.outcome import StepRecord, decide_outcome
 from workflows.plan import ExecutionPlan, PlannedStep, build_plan
+from workflows.scheduling import expand_map, join_items, released_after
+from workflows.status import STEP_FINAL, ExecutionStatus, StepStatus
 
 
 class _NotOurs(Exception):
@@ -52,18 +50,33 @@ class _NotOurs(Exception):
     started the same attempt."""
 
 
+class _BookkeepingFailed(Exception):
+    """Troupe's own write during a call (its start marker, a lease renewal) failed: not
+    the agent's failure, so it is not an attempt's outcome; the task's shell handles
+    ``error`` (a database outage is retried later, nothing is dropped)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _own(write: Callable[..., None]) -> Callable[..., None]:
+    def guarded(*args: Any) -> None:
+        try:
+            write(*args)
+        except (_NotOurs, _BookkeepingFailed):
+            raise
+        except Exception as exc:
+            raise _BookkeepingFailed(exc) from exc
+
+    return guarded
+
+
 @dataclass(frozen=True)
 class RetryLater:
     countdown: float
     attempt: int
     previous_delay: float | None = None
-
-
-@dataclass(frozen=True)
-class ExecutionContext:
-    agents: dict[str, AgentSpec]
-    plan: ExecutionPlan
-    input: Any
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,24 @@ class Delivery:
     task_id: str | None = None
     worker: str | None = None
     previous_delay: float | None = None
+    # The task id of a redelivered message whose run died: an open attempt recorded
+    # under it is taken over at once instead of waiting for its lease.
+    orphaned_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the shell does after one delegation."""
+
+    # Steps made ready (each with the attempt its message carries).
+    send: tuple[tuple[str, int], ...] = ()
+    # Every sink is decided: the execution is to be finished.
+    ended: bool = False
+    # The execution's end was recorded with this step's result.
+    finalized: bool = False
+    retry: RetryLater | None = None
+    # A copy of an ended attempt: nothing moves, Celery forgets the message.
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,19 +137,22 @@ def team_of(store: Store, execution_id: str) -> TeamContext:
     worker learns its digest once (a few thousand executions are remembered: 100 bytes
     each), and validates and plans each distinct spec once, whichever execution
     brought it."""
-    digest = _digests.get((store.url, execution_id))
+    key = (store.url, execution_id)
+    digest = _digests.get(key)
     if digest is None:
         digest = store.execution_digest(execution_id) or f"execution:{execution_id}"
-        _digests[(store.url, execution_id)] = digest
-        if len(_digests) > _DIGESTS_KEPT:
-            _digests.popitem(last=False)
+        with _cache_lock:
+            _digests[key] = digest
+            if len(_digests) > _DIGESTS_KEPT:
+                _digests.popitem(last=False)
     team = _teams.get((store.url, digest))
     if team is None:
         spec = TeamSpec.model_validate(store.execution_spec(execution_id))
         team = TeamContext(agents=spec.agents, plan=build_plan(spec))
-        _teams[(store.url, digest)] = team
-        if len(_teams) > _TEAMS_KEPT:
-            _teams.popitem(last=False)
+        with _cache_lock:
+            _teams[(store.url, digest)] = team
+            if len(_teams) > _TEAMS_KEPT:
+                _teams.popitem(last=False)
     return team
 
 
@@ -126,6 +160,13 @@ _DIGESTS_KEPT = 16_384
 _digests: OrderedDict[tuple[str, str], str] = OrderedDict()
 _TEAMS_KEPT = 64
 _teams: OrderedDict[tuple[str, str], TeamContext] = OrderedDict()
+# A threads pool plans and evicts from many threads at once.
+_cache_lock = threading.Lock()
+
+
+def map_step_of(step_id: str) -> str:
+    """The map step a step id belongs to ("split[3]" → "split"); a plan step's own id."""
+    return step_id.rsplit("[", 1)[0] if step_id.endswith("]") else step_id
 
 
 class Delegation:
@@ -134,128 +175,240 @@ class Delegation:
         self.breakers = breakers
         self.limits = limits
 
-    def run(self, delivery: Delivery) -> Envelope | RetryLater | None:
-        """The step's envelope, a retry request, or None for a stale duplicate message."""
+    def run(self, delivery: Delivery) -> Outcome:
         store = self.store
         team = team_of(store, delivery.execution_id)
-        step = team.plan.step(delivery.step_id)
+        plan = team.plan
+        step = plan.step(map_step_of(delivery.step_id))
+        is_item = step.id != delivery.step_id
+        reads = step.deps if is_item else plan.reads(step)
         execution_status, input_value, rows = store.delegation_state(
-            delivery.execution_id, step.id, team.plan.reads(step)
+            delivery.execution_id, delivery.step_id, reads
         )
-        context = ExecutionContext(agents=team.agents, plan=team.plan, input=input_value)
-        row = rows[step.id]
-        if row.status in STEP_FINAL:
-            # A redelivered message for a step already done: return what was recorded.
-            return envelope_of(row)
-        if execution_status == CANCELLED:
-            # The stop ended the execution: the step is cancelled and nothing moves on.
-            store.finish_step_without_call(
-                row.execution_id, row.step_id, CANCELLED, None, "execution cancelled"
-            )
-            return self._envelope(row.execution_id, row.step_id)
-        level = context.plan.counted_level(step)
-        if row.status == PENDING:
-            blocked_by = _failed_dependency(step, rows)
-            if blocked_by:
-                reason = f"upstream step {blocked_by!r} did not complete"
-                return self._without_call(row, SKIPPED, SKIP_UPSTREAM, reason, level)
-            if step.when:
-                outcome = compile_condition(step.when).evaluate(
-                    context.input, {sid: _condition_view(rows[sid]) for sid in step.visible}
+        row = rows[delivery.step_id]
+        agent = team.agents[step.agent]
+        recorded = None
+        lost = 0
+        if row.attempts >= delivery.attempt and row.status not in STEP_FINAL:
+            # begin_attempt raises `attempts` with the attempt row, so a lower count
+            # means this attempt was never recorded: no need to look.
+            found = store.attempt_row(delivery.execution_id, delivery.step_id, row.attempts)
+            if found is not None:
+                recorded = d.AttemptState(
+                    attempt=found.attempt,
+                    outcome=found.outcome,
+                    task_id=found.task_id,
+                    started_at=aware(found.started_at) or now(),
+                    heartbeat_at=aware(found.heartbeat_at),
                 )
-                if not outcome.value:
-                    return self._without_call(row, SKIPPED, SKIP_CONDITION, outcome.reason, level)
-
-        attempt = delivery.attempt
-        # begin_attempt raises `attempts` with the attempt row, so a lower count means
-        # this attempt was never recorded: no need to look.
-        recorded = (
-            store.attempt_row(delivery.execution_id, step.id, attempt)
-            if row.attempts >= attempt
-            else None
+        if recorded is not None or delivery.attempt > agent.retry.max_attempts:
+            lost = store.lost_attempts(delivery.execution_id, delivery.step_id)
+        view = d.View(
+            step=step,
+            row=_Aware(row),
+            rows=rows,
+            execution_status=execution_status or ExecutionStatus.PENDING,
+            input=input_value,
+            attempt=delivery.attempt,
+            recorded=recorded,
+            task_id=delivery.task_id,
+            orphaned_by=delivery.orphaned_by,
+            lease_ttl=self.limits.lease_ttl,
+            lost=lost,
+            max_attempts=agent.retry.max_attempts,
+            now=now(),
         )
-        if recorded is not None:
-            if recorded.outcome is not None:
-                return None  # this attempt ended; its successor was queued separately
-            lease_age = now() - (aware(recorded.heartbeat_at or recorded.started_at) or now())
-            remaining = self.limits.lease_ttl - lease_age.total_seconds()
-            if remaining > 0:
-                # Maybe still running elsewhere: look again when its lease would expire.
-                return self._later(remaining + 0.1, attempt, delivery.previous_delay)
-            store.mark_attempt_lost(delivery.execution_id, step.id, attempt)
-            attempt = max(attempt, row.attempts) + 1
+        state = _State(team, step, row, rows, view, delivery, execution_status)
+        return self._carry_out(d.decide(view), state)
 
-        deadline = _deadline(row, step)
-        if deadline is not None and now() >= deadline:
-            return self._reject(context, rows, row.agent, attempt, delivery, _deadline_error(step))
-
-        agent_name = step.agent
-        agent = context.agents[agent_name]
-        admission = self.breakers.admit(agent_name, agent.breaker)
-        if not admission.allowed:
-            routed = self._when_open(
-                context, rows, agent_name, agent, admission, delivery, attempt, deadline
+    def _carry_out(self, decision: d.Decision, state: _State) -> Outcome:
+        store = self.store
+        delivery = state.delivery
+        if isinstance(decision, d.Redrive):
+            return self.redrive(delivery.execution_id, delivery.step_id, delivery.task_id)
+        if isinstance(decision, d.Stale):
+            return Outcome(stale=True)
+        if isinstance(decision, d.LookLater):
+            return Outcome(retry=self._later(decision.seconds, delivery.attempt, delivery))
+        if isinstance(decision, d.Decide):
+            decided = store.decide_without_call(
+                delivery.execution_id,
+                delivery.step_id,
+                decision.status,
+                state.countdown,
+                cause=decision.cause,
+                reason=decision.reason,
             )
-            if not isinstance(routed, tuple):
-                return routed
-            agent_name, agent, admission = routed
+            return state.continuation(decided)
+        if isinstance(decision, d.Expand):
+            return self._expand(decision.values, state)
+        if isinstance(decision, d.Join):
+            return self._join(state)
+        if isinstance(decision, d.SendItems):
+            return self._send_items(state)
+        if isinstance(decision, d.Refuse):
+            error = AttemptError(decision.type, decision.message, OUTCOME_REJECTED)
+            return self._refuse(state, state.step.agent, decision.attempt, error)
+        return self._admit_and_call(decision, state)
 
-        return self._call(
-            context,
-            step,
-            rows,
-            agent_name,
-            agent,
-            admission,
-            attempt,
-            delivery,
-            deadline,
-            execution_pending=execution_status == PENDING,
+    # --- without a call ---------------------------------------------------------------
+
+    def redrive(self, execution_id: str, step_id: str, task_id: str | None = None) -> Outcome:
+        """Send what a decided step's decision made ready, walking through decided
+        steps (their writer may have run them eagerly in the same task and died), and
+        end the execution if every sink is decided. Duplicates of what was sent before
+        are harmless: each is recorded once."""
+        team = team_of(self.store, execution_id)
+        plan = team.plan
+        rows = {row.step_id: row for row in self.store.steps(execution_id)}
+        send: list[tuple[str, int]] = []
+        frontier = [step_id]
+        seen: set[str] = set()
+        while frontier:
+            current = frontier.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            row = rows.get(current)
+            if row is None:
+                continue
+            if row.status in STEP_FINAL:
+                frontier.extend(_dependents(plan, row))
+                continue
+            if row.waiting <= 0:
+                send.append((current, max(1, row.attempts)))
+        ended = all(rows[sid].status in STEP_FINAL for sid in plan.sinks if sid in rows)
+        return Outcome(send=tuple(send), ended=ended)
+
+    def _expand(self, values: list[Any], state: _State) -> Outcome:
+        step, delivery = state.step, state.delivery
+        assert step.map is not None
+        if not values:
+            decided = self.store.decide_without_call(
+                delivery.execution_id, step.id, COMPLETED, state.countdown, output=[]
+            )
+            return state.continuation(decided)
+        expansion = expand_map(step.id, step.agent, step.map, values, delivery.attempt)
+        added = self.store.expand(delivery.execution_id, step.id, expansion.items, step.position)
+        if not added:
+            return self._send_items(state)
+        return Outcome(send=tuple((item, 1) for item in expansion.first))
+
+    def _send_items(self, state: _State) -> Outcome:
+        step, delivery = state.step, state.delivery
+        items = self.store.items(delivery.execution_id, step.id)
+        assert step.map is not None
+        limit = step.map.max_parallel
+        decided = sum(1 for item in items if item.status in STEP_FINAL)
+        released = len(items) if limit is None else limit + decided
+        return Outcome(
+            send=tuple(
+                (item.step_id, max(1, item.attempts))
+                for item in items
+                if item.status not in STEP_FINAL and (item.item_index or 0) < released
+            )
+        )
+
+    def _join(self, state: _State) -> Outcome:
+        step, delivery = state.step, state.delivery
+        assert step.map is not None
+        items = self.store.items(delivery.execution_id, step.id)
+        result = join_items(items, step.map.allow_failures)
+        decided = self.store.decide_without_call(
+            delivery.execution_id,
+            step.id,
+            result.status,
+            state.countdown,
+            output=result.output,
+            reason=result.error,
+            attempts=state.row.attempts,
+        )
+        return state.continuation(decided)
+
+    def _refuse(self, state: _State, agent: str, attempt: int, error: AttemptError) -> Outcome:
+        """Fail the step without calling its agent, audited as a refused attempt (and,
+        for the step that ends the execution, the execution's end with it)."""
+        refused = replace(state.attempt_end(agent, attempt, now()), outcome=error.outcome)
+        refused = replace(refused, error=error)
+        failed = StepRecord(status=FAILED, output=None, error=f"{error.type}: {error.message}")
+        decided = self.store.record_failure(
+            refused,
+            state.countdown,
+            execution_pending=state.execution_pending,
+            finish=state.finish_with(failed),
+        )
+        return state.continuation(decided, finalized=state.finishes)
+
+    def _later(self, countdown: float, attempt: int, delivery: Delivery) -> RetryLater:
+        return RetryLater(
+            min(countdown, self.limits.max_countdown), attempt, delivery.previous_delay
         )
 
     # --- the call ---------------------------------------------------------------------
 
+    def _admit_and_call(self, call: d.Call, state: _State) -> Outcome:
+        delivery = state.delivery
+        if call.lost is not None:
+            self.store.mark_attempt_lost(delivery.execution_id, delivery.step_id, call.lost)
+        name = state.step.agent
+        agent = state.team.agents[name]
+        admission = self.breakers.admit(name, agent.breaker)
+        if not admission.allowed:
+            mode = agent.when_open
+            reason = admission.reason or f"circuit open for agent {name!r}"
+            if mode is WhenOpen.FALLBACK and agent.fallback is not None:
+                fallback = state.team.agents[agent.fallback]
+                second = self.breakers.admit(agent.fallback, fallback.breaker)
+                if second.allowed:
+                    return self._call(state, call, agent.fallback, fallback, second)
+                reason = f"{reason}; fallback {agent.fallback!r}: {second.reason}"
+            elif mode is WhenOpen.WAIT and admission.retry_at is not None:
+                wait_until = admission.retry_at + timedelta(seconds=random.uniform(0, 0.05))
+                if call.deadline is None or wait_until < call.deadline:
+                    self.store.record_waiting(
+                        delivery.execution_id, delivery.step_id, wait_until, f"{reason}; waiting"
+                    )
+                    countdown = max(0.0, (wait_until - now()).total_seconds())
+                    return Outcome(retry=self._later(countdown, call.attempt, delivery))
+                reason = f"{reason}, past the step's deadline"
+            error = AttemptError(type="CircuitOpen", message=reason, outcome=OUTCOME_REJECTED)
+            return self._refuse(state, name, call.attempt, error)
+        return self._call(state, call, name, agent, admission)
+
     def _call(
-        self,
-        context: ExecutionContext,
-        step: PlannedStep,
-        rows: dict[str, StepState],
-        agent_name: str,
-        agent: AgentSpec,
-        admission: Admission,
-        attempt: int,
-        delivery: Delivery,
-        deadline: datetime | None,
-        *,
-        execution_pending: bool,
-    ) -> Envelope | RetryLater:
+        self, state: _State, call: d.Call, name: str, agent: AgentSpec, admission: Admission
+    ) -> Outcome:
         store = self.store
-        execution_id = delivery.execution_id
-        level = context.plan.counted_level(step)
+        delivery = state.delivery
+        step = state.step
+        attempt = call.attempt
         monitor = HeartbeatMonitor()
-        call = AgentCall(
-            execution_id=execution_id,
-            step_id=step.id,
-            agent=agent_name,
+        agent_call = AgentCall(
+            execution_id=delivery.execution_id,
+            step_id=delivery.step_id,
+            agent=name,
             task=step.task,
-            input=_step_input(context, step, rows, self._visible_rows),
-            outputs=UpstreamOutputs(step, lambda: self._visible_rows(execution_id, step, rows)),
+            input=state.step_input(self._visible_rows),
+            outputs=UpstreamOutputs(step, lambda: self._visible_rows(state)),
             attempt=attempt,
+            item=state.row.item,
+            index=state.row.item_index,
             _heartbeat=monitor.beat,
         )
         limit = agent.timeout
-        if deadline is not None:
-            limit = max(0.001, min(limit, (deadline - now()).total_seconds()))
+        if call.deadline is not None:
+            limit = max(0.001, min(limit, (call.deadline - now()).total_seconds()))
+        begun = state.attempt_end(name, attempt, now())
 
         def mark_started() -> None:
             marked = store.begin_attempt(
-                execution_id,
-                step.id,
-                agent_name,
+                delivery.execution_id,
+                delivery.step_id,
+                name,
                 attempt,
                 delivery.task_id,
                 delivery.worker,
-                execution_pending=execution_pending,
+                execution_pending=state.execution_pending,
                 started_at=begun.started_at,
             )
             # "cancelled": the stop came after the read and the call is under way; as
@@ -263,21 +416,28 @@ class Delegation:
             if marked == "duplicate":
                 raise _NotOurs
 
-        begun = _attempt_end(delivery, agent_name, attempt, now())
+        # A message whose earlier run died (or that this delegation takes over) marks
+        # its attempt before calling: if the agent kills this process too, the next
+        # delivery finds the attempt and counts it against the retry policy.
+        marked_first = call.lost is not None or delivery.orphaned_by is not None
         started = time.perf_counter()
         try:
+            if marked_first:
+                _own(mark_started)()
             adapter = build_adapter(agent)
             result = call_with_time_limit(
-                lambda: adapter.invoke(call),
+                lambda: adapter.invoke(agent_call),
                 CallWatch(
                     limit,
                     heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
                     monitor=monitor,
-                    renew_lease=lambda details: store.renew_lease(
-                        execution_id, step.id, attempt, details
+                    renew_lease=_own(
+                        lambda details: store.renew_lease(
+                            delivery.execution_id, delivery.step_id, attempt, details
+                        )
                     ),
                     lease_interval=self.limits.lease_interval,
-                    still_running=mark_started,
+                    still_running=None if marked_first else _own(mark_started),
                     still_running_after=self.limits.lease_after,
                 ),
             )
@@ -286,279 +446,193 @@ class Delegation:
             # call was interrupted (in a helper thread, it goes on unrecorded); look
             # again when the other copy's lease would have expired.
             if admission.trial:
-                self.breakers.store.release_trial(agent_name)
-            return self._later(self.limits.lease_ttl, attempt, delivery.previous_delay)
+                self.breakers.store.release_trial(name)
+            return Outcome(retry=self._later(self.limits.lease_ttl, attempt, delivery))
+        except _BookkeepingFailed as own:
+            if admission.trial:
+                self.breakers.store.release_trial(name)
+            raise own.error from None
         except Exception as exc:  # every agent failure is classified and recorded
             seconds = time.perf_counter() - started
             failure = classify(exc, agent.retry)
             self.breakers.record_call(
-                agent_name,
+                name,
                 agent.breaker,
                 failed=is_failure(agent.breaker, failure.breaker_failure, seconds),
                 trial=admission.trial,
                 error=f"{failure.type}: {failure.message}",
             )
-            end = replace(
-                begun,
-                duration_ms=int(seconds * 1000),
-                outcome=failure.outcome,
-                error=AttemptError(
-                    type=failure.type, message=failure.message, outcome=failure.outcome
-                ),
+            error = AttemptError(
+                type=failure.type, message=failure.message, outcome=failure.outcome
             )
-            return self._after_failure(
-                rows[step.id],
-                agent,
-                step,
+            end = replace(begun, duration_ms=int(seconds * 1000), outcome=failure.outcome)
+            end = replace(end, error=error)
+            if failure.transient and attempt < agent.retry.max_attempts:
+                delay = next_delay(agent.retry, attempt, delivery.previous_delay, random.Random())
+                if failure.retry_after is not None:
+                    delay = max(delay, failure.retry_after)
+                retry_at = now() + timedelta(seconds=delay)
+                if call.deadline is None or retry_at < call.deadline:
+                    store.record_retry(end, retry_at, execution_pending=state.execution_pending)
+                    return Outcome(
+                        retry=RetryLater(min(delay, self.limits.max_countdown), attempt + 1, delay)
+                    )
+                end = replace(
+                    end,
+                    error=replace(
+                        error,
+                        message=f"{failure.message} (no retry: step deadline of "
+                        f"{step.deadline:g}s would pass)",
+                    ),
+                )
+            assert end.error is not None
+            failed = StepRecord(
+                status=FAILED, output=None, error=f"{end.error.type}: {end.error.message}"
+            )
+            decided = store.record_failure(
                 end,
-                delivery,
-                failure,
-                deadline,
-                execution_pending=execution_pending,
-                level=level,
+                state.countdown,
+                step_started_at=state.row.started_at,
+                execution_pending=state.execution_pending,
+                finish=state.finish_with(failed),
             )
+            return state.continuation(decided, finalized=state.finishes)
         seconds = time.perf_counter() - started
         self.breakers.record_call(
-            agent_name,
+            name,
             agent.breaker,
             failed=is_failure(agent.breaker, False, seconds),
             trial=admission.trial,
         )
-        finish = _outcome_with(
-            context, rows, step.id, StepRecord(status=COMPLETED, output=result.output, error=None)
-        )
+        done = StepRecord(status=COMPLETED, output=result.output, error=None)
         decided = store.record_success(
             replace(begun, duration_ms=int(seconds * 1000)),
             result.output,
-            step_started_at=aware(rows[step.id].started_at),
-            execution_pending=execution_pending,
-            finish=finish,
-            level=level,
+            state.countdown,
+            step_started_at=state.row.started_at,
+            execution_pending=state.execution_pending,
+            finish=state.finish_with(done),
         )
-        if decided is None:
-            # Decided by another copy of this message: return what it recorded.
-            return self._envelope(execution_id, step.id)
-        return Envelope(
-            execution_id=execution_id,
-            step_id=step.id,
-            status=COMPLETED,
-            attempts=attempt,
-            error_type=None,
-            error_message=None,
-            duration_ms=decided.step_ms,
-            finalized=finish is not None,
-            closes_level=decided.closes_level,
-        )
+        return state.continuation(decided, finalized=state.finishes)
 
-    def _after_failure(
-        self,
-        row: StepState,
-        agent: AgentSpec,
-        step: PlannedStep,
-        end: AttemptEnd,
-        delivery: Delivery,
-        failure: Failure,
-        deadline: datetime | None,
-        *,
-        execution_pending: bool,
-        level: int | None,
-    ) -> Envelope | RetryLater:
-        store = self.store
-        attempt = end.attempt
-        # Attempts lost with a dead worker do not use up the retry budget.
-        budget = agent.retry.max_attempts + store.lost_attempts(row.execution_id, row.step_id)
-        if failure.transient and attempt < budget:
-            delay = next_delay(agent.retry, attempt, delivery.previous_delay, random.Random())
-            if failure.retry_after is not None:
-                delay = max(delay, failure.retry_after)
-            retry_at = now() + timedelta(seconds=delay)
-            if deadline is None or retry_at < deadline:
-                store.record_retry(end, retry_at, execution_pending=execution_pending)
-                return self._later(delay, attempt + 1, delay)
-            end = replace(
-                end,
-                error=AttemptError(
-                    type=failure.type,
-                    message=f"{failure.message} (no retry: step deadline of "
-                    f"{step.deadline:g}s would pass)",
-                    outcome=failure.outcome,
-                ),
-            )
-        decided = store.record_failure(
-            end,
-            step_started_at=aware(row.started_at),
-            execution_pending=execution_pending,
-            level=level,
-        )
-        return self._envelope(row.execution_id, row.step_id, decided)
-
-    # --- breaker open -----------------------------------------------------------------
-
-    def _when_open(
-        self,
-        context: ExecutionContext,
-        rows: dict[str, StepState],
-        agent_name: str,
-        agent: AgentSpec,
-        admission: Admission,
-        delivery: Delivery,
-        attempt: int,
-        deadline: datetime | None,
-    ) -> Envelope | RetryLater | tuple[str, AgentSpec, Admission]:
-        row = rows[delivery.step_id]
-        mode = agent.when_open
-        reason = admission.reason or f"circuit open for agent {agent_name!r}"
-        if mode is WhenOpen.FALLBACK and agent.fallback is not None:
-            fallback = context.agents[agent.fallback]
-            second = self.breakers.admit(agent.fallback, fallback.breaker)
-            if second.allowed:
-                return agent.fallback, fallback, second
-            reason = f"{reason}; fallback {agent.fallback!r}: {second.reason}"
-        elif mode is WhenOpen.WAIT and admission.retry_at is not None:
-            wait_until = admission.retry_at + timedelta(seconds=random.uniform(0, 0.05))
-            if deadline is None or wait_until < deadline:
-                self.store.record_waiting(
-                    row.execution_id, row.step_id, wait_until, f"{reason}; waiting"
-                )
-                countdown = max(0.0, (wait_until - now()).total_seconds())
-                return self._later(countdown, attempt, delivery.previous_delay)
-            reason = f"{reason}, past the step's deadline"
-        error = AttemptError(type="CircuitOpen", message=reason, outcome="rejected")
-        return self._reject(context, rows, agent_name, attempt, delivery, error)
-
-    # --- helpers ----------------------------------------------------------------------
-
-    def _visible_rows(
-        self, execution_id: str, step: PlannedStep, rows: dict[str, StepState]
-    ) -> dict[str, StepState]:
-        """The rows of every step ``step`` may see: those read already, else read now."""
+    def _visible_rows(self, state: _State) -> Mapping[str, StepState]:
+        """The rows of every step the step may see: those read already, else read now."""
+        step, rows = state.step, state.rows
         if all(sid in rows for sid in step.visible):
             return rows
-        return {**self.store.steps_by_id(execution_id, step.visible), **rows}
+        return {
+            **self.store.steps_by_id(state.delivery.execution_id, step.visible),
+            **rows,
+        }
 
-    def _later(self, countdown: float, attempt: int, previous: float | None) -> RetryLater:
-        return RetryLater(min(countdown, self.limits.max_countdown), attempt, previous)
 
-    def _reject(
-        self,
-        context: ExecutionContext,
-        rows: dict[str, StepState],
-        agent: str,
-        attempt: int,
-        delivery: Delivery,
-        error: AttemptError,
-    ) -> Envelope:
-        """Fail the step without calling its agent, audited as a refused attempt (and,
-        for the last step, the execution's end with it)."""
-        row = rows[delivery.step_id]
-        failed = StepRecord(status=FAILED, output=None, error=f"{error.type}: {error.message}")
-        finish = _outcome_with(context, rows, row.step_id, failed)
-        refused = replace(
-            _attempt_end(delivery, agent, attempt, now()), outcome=error.outcome, error=error
-        )
-        level = context.plan.counted_level(context.plan.step(row.step_id))
-        decided = self.store.record_rejection(refused, finish=finish, level=level)
+@dataclass
+class _State:
+    """One delegation's read, with what follows from it."""
+
+    team: TeamContext
+    step: PlannedStep
+    row: StepState
+    rows: Mapping[str, StepState]
+    view: d.View
+    delivery: Delivery
+    execution_status: str | None
+    _finishes: bool | None = field(default=None)
+
+    @property
+    def is_item(self) -> bool:
+        return self.step.id != self.delivery.step_id
+
+    @property
+    def execution_pending(self) -> bool:
+        return self.execution_status == ExecutionStatus.PENDING
+
+    @property
+    def countdown(self) -> Countdown:
+        if self.is_item:
+            return Countdown(dependents=tuple(self.row.dependents or ()), sink=False)
+        return Countdown(dependents=self.step.dependents, sink=self.step.sink)
+
+    @property
+    def finishes(self) -> bool:
+        """This step's write records the execution's end (see ``finishes_with``)."""
+        return not self.is_item and self.team.plan.finishes_with(self.step)
+
+    def finish_with(self, record: StepRecord) -> tuple[str, Any, str | None] | None:
+        """The execution's outcome once this step ends as ``record``, if this step's
+        write ends the execution: its rows cover every other step."""
+        if not self.finishes:
+            return None
+        records = {sid: record_of(row) for sid, row in self.rows.items()}
+        records[self.step.id] = record
+        outcome = decide_outcome(self.team.plan, records)
+        return outcome.status, outcome.output, outcome.error
+
+    def continuation(self, decided: Decided | None, *, finalized: bool = False) -> Outcome:
         if decided is None:
-            return self._envelope(row.execution_id, row.step_id)
-        return Envelope(
-            execution_id=row.execution_id,
-            step_id=row.step_id,
-            status=FAILED,
-            attempts=attempt,
-            error_type=error.type,
-            error_message=error.message,
+            # Decided by another copy of this message; that copy sends what follows.
+            return Outcome()
+        send = [(step_id, 1) for step_id in decided.ready]
+        if self.is_item and self.row.origin:
+            for parent, waiting in decided.counts:
+                if waiting > 0:
+                    released = released_after(self.row.origin, waiting)
+                    if released is not None:
+                        send.append((released, 1))
+                    del parent
+        return Outcome(send=tuple(send), ended=decided.ended, finalized=finalized)
+
+    def attempt_end(self, agent: str, attempt: int, started_at: datetime) -> AttemptEnd:
+        """The audit row of an attempt that starts now; its end fills in the rest."""
+        return AttemptEnd(
+            execution_id=self.delivery.execution_id,
+            step_id=self.delivery.step_id,
+            attempt=attempt,
+            agent=agent,
+            task_id=self.delivery.task_id,
+            worker=self.delivery.worker,
+            started_at=started_at,
             duration_ms=0,
-            finalized=finish is not None,
-            closes_level=decided.closes_level,
         )
 
-    def _without_call(
-        self, row: StepState, status: str, cause: str | None, reason: str, level: int | None
-    ) -> Envelope:
-        decided = self.store.finish_step_without_call(
-            row.execution_id, row.step_id, status, cause, reason, level
-        )
-        return self._envelope(row.execution_id, row.step_id, decided)
-
-    def _envelope(
-        self, execution_id: str, step_id: str, decided: Decided | None = None
-    ) -> Envelope:
-        """The step's recorded envelope; ``decided``: by this delegation's write."""
-        envelope = envelope_of(self.store.steps_by_id(execution_id, [step_id])[step_id])
-        if decided is not None:
-            envelope["closes_level"] = decided.closes_level
-        return envelope
+    def step_input(self, visible_rows: Callable[[_State], Mapping[str, StepState]]) -> Any:
+        step = self.step
+        if step.input_from is None:
+            return self.view.input
+        upstream = self.rows[step.input_from]
+        # A pipeline stage whose predecessor was skipped by its condition passes the last
+        # output along, as if the skipped stage were the identity.
+        if upstream.status == COMPLETED:
+            return upstream.output
+        rows = visible_rows(self)
+        for sid in reversed(step.visible):
+            if rows[sid].status == COMPLETED:
+                return rows[sid].output
+        return self.view.input
 
 
-def _attempt_end(delivery: Delivery, agent: str, attempt: int, started_at: datetime) -> AttemptEnd:
-    """The audit row of an attempt that starts now; its end fills in the rest."""
-    return AttemptEnd(
-        execution_id=delivery.execution_id,
-        step_id=delivery.step_id,
-        attempt=attempt,
-        agent=agent,
-        task_id=delivery.task_id,
-        worker=delivery.worker,
-        started_at=started_at,
-        duration_ms=0,
-    )
+def _dependents(plan: ExecutionPlan, row: Any) -> tuple[str, ...]:
+    if row.dependents:
+        return tuple(row.dependents)
+    return plan.step(row.step_id).dependents if plan.has(row.step_id) else ()
 
 
-def _outcome_with(
-    context: ExecutionContext, rows: dict[str, StepState], step_id: str, record: StepRecord
-) -> tuple[str, Any, str | None] | None:
-    """The execution's outcome once this step ends as ``record``, from the rows already
-    read; None unless they cover every step. They do only for the one step of the last
-    level whose ancestors are all the others (``ExecutionPlan.reads``); otherwise the
-    delegation that closes the last level finishes the execution from fresh rows."""
-    if len(rows) != len(context.plan.steps):
-        return None
-    records = {sid: record_of(row) for sid, row in rows.items()}
-    records[step_id] = record
-    outcome = decide_outcome(context.plan, records)
-    return outcome.status, outcome.output, outcome.error
+class _Aware:
+    """A step row whose datetimes are timezone-aware (SQLite hands back naive UTC)."""
 
+    def __init__(self, row: StepState) -> None:
+        self._row = row
 
-def _deadline(row: StepState, step: PlannedStep) -> datetime | None:
-    if step.deadline is None:
-        return None
-    started = aware(row.started_at) or now()
-    return started + timedelta(seconds=step.deadline)
-
-
-def _deadline_error(step: PlannedStep) -> AttemptError:
-    return AttemptError(
-        type="DeadlineExceeded",
-        message=f"step deadline of {step.deadline:g}s passed",
-        outcome="rejected",
-    )
-
-
-def _step_input(
-    context: ExecutionContext,
-    step: PlannedStep,
-    rows: dict[str, StepState],
-    visible_rows: Callable[[str, PlannedStep, dict[str, StepState]], dict[str, StepState]],
-) -> Any:
-    if step.input_from is None:
-        return context.input
-    upstream = rows[step.input_from]
-    # A pipeline stage whose predecessor was skipped by its condition passes the last
-    # output along, as if the skipped stage were the identity.
-    if upstream.status == COMPLETED:
-        return upstream.output
-    rows = visible_rows(upstream.execution_id, step, rows)
-    for sid in reversed(step.visible):
-        if rows[sid].status == COMPLETED:
-            return rows[sid].output
-    return context.input
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._row, name)
+        return aware(value) if isinstance(value, datetime) else value
 
 
 class UpstreamOutputs(Mapping[str, Any]):
     """``AgentCall.outputs``: the output of every finished step the agent's step may
     see, in plan order, read when the agent first looks (most never do)."""
 
-    def __init__(self, step: PlannedStep, load: Callable[[], dict[str, StepState]]) -> None:
+    def __init__(self, step: PlannedStep, load: Callable[[], Mapping[str, StepState]]) -> None:
         # Not the step's visible ids yet: in a long sequential team they are long.
         self._step = step
         self._load = load
@@ -572,7 +646,9 @@ class UpstreamOutputs(Mapping[str, Any]):
                 rows = self._load()
                 visible = self._step.visible
                 self._outputs = {
-                    sid: rows[sid].output for sid in visible if rows[sid].status == COMPLETED
+                    sid: rows[sid].output
+                    for sid in visible
+                    if rows[sid].status == StepStatus.COMPLETED
                 }
             return self._outputs
 
@@ -584,20 +660,3 @@ class UpstreamOutputs(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._all())
-
-
-def _failed_dependency(step: PlannedStep, rows: dict[str, StepState]) -> str | None:
-    for dep in step.deps:
-        row = rows[dep]
-        if row.status in (FAILED, CANCELLED):
-            return dep
-        if row.status == SKIPPED and row.skip_cause == SKIP_UPSTREAM:
-            return dep
-    return None
-
-
-def _condition_view(row: StepState) -> dict[str, Any]:
-    view: dict[str, Any] = {"status": row.status}
-    if row.status == COMPLETED:
-        view["output"] = row.output
-    return view

@@ -1,11 +1,10 @@
 """The reaper: nothing stays RUNNING or PENDING forever.
 
 The database is the source of truth and the broker a delivery mechanism that may lose or
-hold messages. Attempts whose lease expired belong to dead workers: they are marked lost
-(a redelivered message, or the resume below, runs the next attempt). Executions with
-nothing running, waiting or recently active are resumed: their canvas is published again
-from the first unfinished level, and steps already finished return their recorded
-envelopes at once.
+hold messages. Attempts whose lease expired belong to dead workers: they are marked lost,
+and their executions resumed at once (the next attempt of each ready step is sent).
+Executions with nothing running, waiting or recently active for ``stall_timeout`` are
+resumed too: their messages were lost with a broker or a worker.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from orchestration.constants import RETRYING, STEP_FINAL
+from orchestration.constants import RETRYING
 from orchestration.store.breakers import aware
 from orchestration.store.models import StepRow
 from orchestration.store.repository import Store, now
@@ -39,7 +38,13 @@ def reap(
     for attempt in store.open_attempts(older_than=stamp - timedelta(seconds=lease_ttl)):
         if store.mark_attempt_lost(attempt.execution_id, attempt.step_id, attempt.attempt):
             report.lost_attempts.append((attempt.execution_id, attempt.step_id, attempt.attempt))
+    orphaned = {execution_id for execution_id, _, _ in report.lost_attempts}
     for execution in store.unfinished_executions():
+        if execution.id in orphaned:
+            # Its attempt's worker died: nothing else will send the step again.
+            resume(execution.id)
+            report.resumed.append(execution.id)
+            continue
         # Attempts still open now hold a live lease (expired ones were just marked lost).
         running, latest_attempt = store.attempt_activity(execution.id)
         if running:
@@ -73,8 +78,3 @@ def _last_activity(steps: list[StepRow], created: datetime) -> datetime:
             if stamp is not None:
                 moments.append(stamp)
     return max(moments)
-
-
-def resume_attempts(steps: list[StepRow]) -> dict[str, int]:
-    """The attempt number each unfinished step's next message should carry."""
-    return {row.step_id: row.attempts + 1 for row in steps if row.status not in STEP_FINAL}

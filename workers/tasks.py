@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 from functools import lru_cache
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 
 from orchestration.constants import (
@@ -16,28 +18,28 @@ from orchestration.constants import (
     HEARTBEAT_TASK,
     REAP_TASK,
     START_TASK,
-    STEP_FINAL,
 )
-from orchestration.envelope import Envelope, record_of
-from orchestration.settings import get_settings
+from orchestration.settings import Settings, get_settings
+from orchestration.step_state import record_of
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import dispose_engines
-from orchestration.store.repository import Store
+from orchestration.store.repository import Store, is_transient
 from workers.app import app
-from workers.delegation import Delegation, Delivery, Limits, RetryLater, team_of
+from workers.delegation import Delegation, Delivery, Limits, Outcome, RetryLater, team_of
 from workers.health import run_heartbeat
+from workers.publish import TaskMessage, delegation_message, first_messages, publish
 from workers.reaper import reap as reap_lost_work
-from workers.reaper import resume_attempts
-from workflows.canvas import TaskMessage, compile_level, publish
 from workflows.outcome import decide_outcome
+from workflows.scheduling import resumption
 
 log = logging.getLogger("troupe.worker")
 
 
 @lru_cache(maxsize=1)
 def store() -> Store:
-    return Store(get_settings().effective_database_url)
+    settings = get_settings()
+    return Store(settings.effective_database_url, connections=settings.db_connections)
 
 
 @lru_cache(maxsize=1)
@@ -47,7 +49,17 @@ def delegation() -> Delegation:
     limits = Limits(
         lease_interval=settings.lease_interval,
         lease_after=settings.lease_after,
-        max_countdown=float("inf") if settings.embedded else 0.9 * settings.visibility_timeout,
+        # A message held past the broker's redelivery bound would run twice.
+        max_countdown=(
+            float("inf")
+            if settings.embedded
+            else 0.9
+            * (
+                settings.consumer_timeout
+                if settings.broker_is_rabbitmq
+                else settings.visibility_timeout
+            )
+        ),
     )
     return Delegation(
         state, CachedBreakers(BreakerStore(state), settings.breaker_cache_ttl), limits
@@ -62,30 +74,30 @@ def _fresh_connections(**_: Any) -> None:
 
 @app.task(name=START_TASK, ignore_result=True)
 def start(execution_id: str, resume: bool = False) -> str:
-    """Publish the execution's first level from its recorded plan.
+    """Publish the execution's first steps from its recorded plan.
 
-    Resuming (the reaper found it stalled), the unfinished steps of its first unfinished
-    level are published, each carrying the number of its next attempt.
+    Resuming (the reaper found it stalled), every undecided step whose count is zero
+    is sent again with its next attempt, and an execution whose sinks are all decided
+    is finished.
     """
     state = store()
     plan = team_of(state, execution_id).plan
-    from_level, attempts, done = 0, None, frozenset[str]()
-    if resume:
-        steps = state.steps(execution_id)
-        unfinished = [row for row in steps if row.status not in STEP_FINAL]
-        from_level = min((row.level for row in unfinished), default=len(plan.levels))
-        attempts = resume_attempts(steps)
-        done = frozenset(row.step_id for row in steps if row.status in STEP_FINAL)
+    queue = get_settings().queue
+    if not resume:
+        publish(app, first_messages(plan, execution_id, queue))
+        return execution_id
+    rows = state.steps(execution_id)
+    found = resumption(plan, rows)
+    if found.finish:
+        finish_execution(execution_id)
+        return execution_id
+    by_id = {row.step_id: row for row in rows}
     publish(
         app,
-        compile_level(
-            plan,
-            execution_id,
-            get_settings().queue,
-            level=from_level,
-            attempts=attempts,
-            done=done,
-        ),
+        [
+            delegation_message(execution_id, sid, by_id[sid].agent, queue, by_id[sid].attempts + 1)
+            for sid in found.send
+        ],
     )
     return execution_id
 
@@ -99,48 +111,147 @@ def delegate(
     step_id: str,
     attempt: int = 1,
     previous_delay: float | None = None,
-) -> Envelope:
-    decision = delegation().run(
-        Delivery(
-            execution_id=execution_id,
-            step_id=step_id,
-            attempt=attempt,
-            task_id=self.request.id,
-            worker=self.request.hostname,
-            previous_delay=previous_delay,
-        )
+    orphaned_by: str | None = None,
+    infra_retries: int = 0,
+) -> None:
+    request = self.request
+    settings = get_settings()
+    # A redelivered message's earlier run died: the attempts it ran (its own, and any
+    # it ran eagerly after it) may be taken over at once.
+    redelivered = bool((request.delivery_info or {}).get("redelivered"))
+    delivery = Delivery(
+        execution_id=execution_id,
+        step_id=step_id,
+        attempt=attempt,
+        task_id=request.id,
+        worker=request.hostname,
+        previous_delay=previous_delay,
+        # Redelivered: this message's earlier run died, and its attempt with it.
+        orphaned_by=orphaned_by or (request.id if redelivered else None),
     )
-    if decision is None:
-        # Stale copy of an attempt whose successor is already queued: nothing may move,
-        # so tell Celery to forget this message.
-        raise Ignore()
-    if isinstance(decision, RetryLater):
+    try:
+        retry = run_eagerly(delivery, settings, orphaned_by=request.id if redelivered else None)
+    except Exception as exc:
+        if not is_transient(exc) and not _is_broker_error(exc):
+            raise
+        # Troupe's own outage (database unreachable or out of connections, broker
+        # hiccup), not the agent's: nothing is dropped. This message goes out again
+        # with a backoff, and not as an attempt of the agent.
+        delay = min(60.0, random.uniform(0, 0.5 * 2.0 ** min(infra_retries, 7)))
+        log.warning("delegation %s/%s: %s; again in %.1fs", execution_id, step_id, exc, delay)
+        again = delegation_message(
+            execution_id,
+            step_id,
+            _shadowed_agent(request),
+            settings.queue,
+            attempt,
+            orphaned_by=request.id,
+        )
+        again.kwargs["infra_retries"] = infra_retries + 1
+        if previous_delay is not None:
+            again.kwargs["previous_delay"] = previous_delay
+        try:
+            _send_later(again, delay)
+        except Exception:
+            # The broker is down too: give the message back to it.
+            raise Reject(str(exc), requeue=True) from None
+        return
+    if retry is not None:
+        # Celery's own retry: the same task id, shown as RETRY in Flower.
         raise self.retry(
-            countdown=decision.countdown,
-            kwargs={"attempt": decision.attempt, "previous_delay": decision.previous_delay},
+            countdown=retry.countdown,
+            kwargs={"attempt": retry.attempt, "previous_delay": retry.previous_delay},
             max_retries=None,
         )
-    if decision["finalized"]:
-        log.info("execution %s finalized: with its last step", execution_id)
-    elif decision["closes_level"]:
-        move_on(execution_id, step_id)
-    return decision
 
 
-def move_on(execution_id: str, step_id: str) -> None:
-    """The step just decided was its level's last: publish the next level, or finish
-    the execution after its last level.
+def run_eagerly(
+    delivery: Delivery, settings: Settings, *, orphaned_by: str | None
+) -> RetryLater | None:
+    """Run the delivered step; then, while the bound allows, one of the steps its
+    decision made ready, here, without a broker round trip. Everything else is sent.
+    Returns the delivered step's own retry, for Celery's ``self.retry``."""
+    runner = delegation()
+    queue = settings.queue
+    held_since = time.monotonic()
+    eager_left = settings.eager_steps
+    first = delivery
+    while True:
+        outcome = runner.run(delivery)
+        if outcome.ended and not outcome.finalized:
+            finish_execution(delivery.execution_id)
+        elif outcome.finalized:
+            log.info("execution %s finalized: with its last step", delivery.execution_id)
+        if outcome.retry is not None:
+            retry = outcome.retry
+            if delivery is first:
+                return retry
+            message = delegation_message(
+                delivery.execution_id, delivery.step_id, _agent(delivery), queue, retry.attempt
+            )
+            if retry.previous_delay is not None:
+                message.kwargs["previous_delay"] = retry.previous_delay
+            _send_later(message, retry.countdown)
+        send = list(outcome.send)
+        eager = None
+        if (
+            send
+            and eager_left > 0
+            and time.monotonic() - held_since < settings.eager_window
+            and outcome.retry is None
+        ):
+            eager = send.pop()
+            eager_left -= 1
+        if send:
+            publish(app, _messages(delivery.execution_id, send, queue, orphaned_by))
+        if eager is None:
+            return None
+        delivery = Delivery(
+            execution_id=delivery.execution_id,
+            step_id=eager[0],
+            attempt=eager[1],
+            task_id=delivery.task_id,
+            worker=delivery.worker,
+            orphaned_by=orphaned_by,
+        )
 
-    A worker that dies between the decision's commit and this publish leaves the
-    execution stalled (a redelivered copy finds the step decided and moves nothing, so
-    that copies never publish a level twice); the reaper resumes it from its first
-    unfinished level once ``stall_timeout`` has passed."""
+
+def _messages(
+    execution_id: str, send: list[tuple[str, int]], queue: str, orphaned_by: str | None
+) -> list[TaskMessage]:
     plan = team_of(store(), execution_id).plan
-    level = plan.step(step_id).level
-    if level == plan.last_level:
-        finish_execution(execution_id)
-        return
-    publish(app, compile_level(plan, execution_id, get_settings().queue, level=level + 1))
+    return [
+        delegation_message(
+            execution_id, sid, _agent_of(plan, sid), queue, attempt, orphaned_by=orphaned_by
+        )
+        for sid, attempt in send
+    ]
+
+
+def _agent_of(plan: Any, step_id: str) -> str:
+    from workers.delegation import map_step_of
+
+    return str(plan.step(map_step_of(step_id)).agent)
+
+
+def _agent(delivery: Delivery) -> str:
+    return _agent_of(team_of(store(), delivery.execution_id).plan, delivery.step_id)
+
+
+def _shadowed_agent(request: Any) -> str:
+    """The agent name a message was sent under (its shadow name is "agent:<name>")."""
+    shadow = str(getattr(request, "shadow", None) or "")
+    return shadow.removeprefix("agent:")
+
+
+def _send_later(message: TaskMessage, countdown: float) -> None:
+    options = {**message.options, "countdown": countdown}
+    publish(app, [TaskMessage(message.task, message.args, message.kwargs, options)])
+
+
+def _is_broker_error(exc: BaseException) -> bool:
+    errors = tuple(app.connection_for_write().connection_errors)
+    return isinstance(exc, errors)
 
 
 @app.task(name=FINALIZE_TASK, ignore_result=True)
@@ -156,7 +267,7 @@ def finish_execution(execution_id: str) -> dict[str, Any]:
     outcome = decide_outcome(plan, records)
     first = state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
     # Operators (and the fault tests) read this line to see an execution end, and to see
-    # a redelivered canvas end again without changing anything.
+    # a redelivered message end it again without changing anything.
     log.info(
         "execution %s finalized: %s%s",
         execution_id,
@@ -192,3 +303,6 @@ def reap() -> dict[str, Any]:
     if report.lost_attempts or report.resumed:
         log.warning("reaper: lost attempts %s; resumed %s", report.lost_attempts, report.resumed)
     return {"lost_attempts": len(report.lost_attempts), "resumed": report.resumed}
+
+
+__all__ = ["Outcome", "delegate", "finalize", "finish_execution", "heartbeat", "reap", "start"]

@@ -1,8 +1,9 @@
-"""`when` conditions in CEL: safe by construction, compiled once, false on missing data.
+"""Expressions in CEL: `when` conditions and `for_each` lists. Safe by construction,
+compiled once; a condition is false on missing data.
 
-Team files are user input, so conditions are written in the Common Expression Language
+Team files are user input, so expressions are written in the Common Expression Language
 (cel-python): it cannot call Python, and a malformed expression fails at validation.
-Conditions see ``input`` and ``steps.<id>.output`` / ``steps.<id>.status``.
+They see ``input`` and ``steps.<id>.output`` / ``steps.<id>.status``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,53 @@ class Condition:
         if not isinstance(result, bool | BoolType):
             return ConditionOutcome(False, f"`{self.expression}` gave {result!r}, not a boolean")
         return ConditionOutcome(bool(result), f"`{self.expression}` is {str(bool(result)).lower()}")
+
+
+class ListExpressionError(ValueError):
+    """A ``for_each`` expression did not give a list."""
+
+
+def evaluate_list(
+    condition: Condition, input_value: Any, steps: dict[str, dict[str, Any]]
+) -> list[Any]:
+    """The JSON list a ``for_each`` expression gives; ListExpressionError otherwise."""
+    activation = {"input": json_to_cel(input_value), "steps": json_to_cel(steps)}
+    try:
+        result = condition._program.evaluate(activation)
+    except CELEvalError as exc:
+        raise ListExpressionError(
+            f"`{condition.expression}` could not be evaluated: {_first_line(exc)}"
+        ) from None
+    if isinstance(result, CELEvalError):
+        raise ListExpressionError(
+            f"`{condition.expression}` could not be evaluated: {_first_line(result)}"
+        )
+    if not isinstance(result, list):
+        raise ListExpressionError(
+            f"`{condition.expression}` gave {type(result).__name__}, not a list"
+        )
+    return [_plain(value) for value in result]
+
+
+def _plain(value: Any) -> Any:
+    """A CEL value as plain JSON (CEL's own types subclass Python's)."""
+    if isinstance(value, BoolType):
+        return bool(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 def check_expression_bounds(expression: str) -> None:

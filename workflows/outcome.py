@@ -6,9 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestration.constants import CANCELLED, COMPLETED, FAILED
-from orchestration.spec import Strategy
-from workflows.plan import ExecutionPlan
+from workflows.plan import ExecutionPlan, Strategy
+from workflows.status import ExecutionStatus, StepStatus
 
 
 @dataclass(frozen=True)
@@ -26,20 +25,24 @@ class ExecutionOutcome:
 
 
 def decide_outcome(plan: ExecutionPlan, steps: Mapping[str, StepRecord]) -> ExecutionOutcome:
-    failed = [sid for sid in (s.id for s in plan.steps) if steps[sid].status == FAILED]
-    cancelled = any(record.status == CANCELLED for record in steps.values())
+    failed = [sid for sid in (s.id for s in plan.steps) if steps[sid].status == StepStatus.FAILED]
+    cancelled = any(record.status == StepStatus.CANCELLED for record in steps.values())
+    status: ExecutionStatus
     if failed:
         first = steps[failed[0]]
-        status, error = FAILED, f"step {failed[0]!r} failed: {first.error or 'unknown error'}"
+        error: str | None = f"step {failed[0]!r} failed: {first.error or 'unknown error'}"
+        status = ExecutionStatus.FAILED
     elif cancelled:
-        status, error = CANCELLED, "execution cancelled"
+        status, error = ExecutionStatus.CANCELLED, "execution cancelled"
     else:
-        status, error = COMPLETED, None
+        status, error = ExecutionStatus.COMPLETED, None
     return ExecutionOutcome(status=status, output=_output(plan, steps), error=error)
 
 
 def _output(plan: ExecutionPlan, steps: Mapping[str, StepRecord]) -> Any:
-    done = {sid: record.output for sid, record in steps.items() if record.status == COMPLETED}
+    done = {
+        sid: record.output for sid, record in steps.items() if record.status == StepStatus.COMPLETED
+    }
     if plan.strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE):
         # The last step's output; if a condition skipped it, the last one that ran.
         for step in reversed(plan.steps):

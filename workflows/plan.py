@@ -1,13 +1,87 @@
-"""TeamSpec → ExecutionPlan: who depends on whom, what each step sees, in which level."""
+"""A team's workflow → ExecutionPlan: who depends on whom, who waits for whom, what each
+step sees. Pure: it takes any object shaped like a team declaration (``TeamSpec``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
+from typing import Protocol
 
-from orchestration.spec import Strategy, TeamSpec
+from workflows.conditions import referenced_steps
 from workflows.graph import ancestors, sinks, topological_levels
+
+
+class Strategy(StrEnum):
+    SEQUENTIAL = "sequential"
+    PARALLEL = "parallel"
+    PIPELINE = "pipeline"
+    CONDITIONAL = "conditional"
+    DAG = "dag"
+
+
+class StepDeclaration(Protocol):
+    """What the plan needs of a declared step (``orchestration.spec.StepSpec``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def task(self) -> str | None: ...
+    @property
+    def after(self) -> tuple[str, ...]: ...
+    @property
+    def when(self) -> str | None: ...
+    @property
+    def for_each(self) -> str | None: ...
+    @property
+    def max_parallel(self) -> int | None: ...
+    @property
+    def allow_failures(self) -> bool: ...
+    @property
+    def deadline(self) -> float | None: ...
+    @property
+    def heartbeat_timeout(self) -> float | None: ...
+
+
+class TeamDeclaration(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def strategy(self) -> Strategy: ...
+    @property
+    def steps(self) -> Sequence[StepDeclaration]: ...
+
+
+def dependencies(
+    strategy: Strategy, steps: Sequence[StepDeclaration]
+) -> dict[str, tuple[str, ...]]:
+    """Each step's direct dependencies under ``strategy``. In a dag, a step also depends
+    on every step its condition or its ``for_each`` reads."""
+    ids = [s.id for s in steps]
+    if strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE):
+        return {sid: ((ids[i - 1],) if i else ()) for i, sid in enumerate(ids)}
+    if strategy is Strategy.PARALLEL:
+        return {sid: () for sid in ids}
+    deps: dict[str, tuple[str, ...]] = {}
+    for step in steps:
+        implied: set[str] = set()
+        for expression in (step.when, step.for_each):
+            if expression:
+                implied |= referenced_steps(expression)
+        deps[step.id] = tuple(dict.fromkeys([*step.after, *sorted(implied)]))
+    return deps
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """A map step: one delegation per item of the list ``for_each`` gives."""
+
+    for_each: str
+    max_parallel: int | None
+    allow_failures: bool
 
 
 @dataclass(frozen=True)
@@ -17,14 +91,21 @@ class PlannedStep:
     task: str | None
     when: str | None
     position: int
+    # The longest chain of dependencies before this step (for display: steps of one
+    # depth may run together, but nothing waits for a whole depth).
     level: int
     deps: tuple[str, ...]
+    # The steps that wait for this one: deciding it counts each of them down.
+    dependents: tuple[str, ...]
     # Pipeline: the step whose output becomes this step's input (None: the execution input).
     input_from: str | None
     # Bounds all attempts and waits of the step together, from its first start.
     deadline: float | None
     # Overrides the agent's: the longest silence between the agent's heartbeats.
     heartbeat_timeout: float | None
+    map: MapSpec | None
+    # Nothing depends on it: the execution ends when every sink is decided.
+    sink: bool
     _graph: _Graph = field(repr=False, compare=False)
 
     @property
@@ -64,34 +145,43 @@ class ExecutionPlan:
     team: str
     strategy: Strategy
     steps: tuple[PlannedStep, ...]
+    # Depths, for display (``validate``); scheduling follows each step's own deps.
     levels: tuple[tuple[str, ...], ...]
     outputs_from: tuple[str, ...]
 
     def step(self, step_id: str) -> PlannedStep:
         return self._index()[step_id]
 
-    def counted_level(self, step: PlannedStep) -> int | None:
-        """The step's level if it shares it with other steps: then the level's last
-        decided step moves the execution on (the level is counted down). None for a
-        level of one step, which its chain moves on."""
-        return step.level if len(self.levels[step.level]) > 1 else None
+    def has(self, step_id: str) -> bool:
+        return step_id in self._index()
 
-    @property
-    def last_level(self) -> int:
-        return len(self.levels) - 1
+    @cached_property
+    def roots(self) -> tuple[str, ...]:
+        """Steps that depend on nothing: published when the execution is enqueued."""
+        return tuple(s.id for s in self.steps if not s.deps)
+
+    @cached_property
+    def sinks(self) -> tuple[str, ...]:
+        return tuple(s.id for s in self.steps if s.sink)
 
     def reads(self, step: PlannedStep) -> tuple[str, ...]:
         """The steps whose rows a delegation of ``step`` reads before it calls the agent.
 
-        Only its direct dependencies (whether one failed; a pipeline's input), unless it
-        has a condition (which may name any step it sees) or is on the last level (the
-        execution's outcome is decided with its result): then every step it may see.
+        Its direct dependencies (whether one failed; a pipeline's input), unless it has a
+        condition or a ``for_each`` (which may name any step it sees) or it is the one
+        step that ends the execution (``finishes_with``): then every step it may see.
         Reading every earlier step made a long sequential team read a quadratic number
         of rows; the agent's view of upstream outputs is read when it first looks.
         """
-        if step.when or step.level == self.last_level:
+        if step.when or step.map is not None or self.finishes_with(step):
             return step.visible
         return step.deps
+
+    def finishes_with(self, step: PlannedStep) -> bool:
+        """Whether every other step is an ancestor of ``step``: then, once it is
+        decided, so is everything, and its delegation can record the execution's end in
+        the same write."""
+        return step.sink and len(self.sinks) == 1 and len(step.visible) == len(self.steps) - 1
 
     def _index(self) -> dict[str, PlannedStep]:
         cached: dict[str, PlannedStep] | None = self.__dict__.get("_by_id")
@@ -101,17 +191,23 @@ class ExecutionPlan:
         return cached
 
 
-def build_plan(spec: TeamSpec) -> ExecutionPlan:
-    workflow = spec.workflow
-    order = [s.id for s in workflow.steps]
-    deps = workflow.dependencies()
+def build_plan(team: TeamDeclaration) -> ExecutionPlan:
+    strategy = team.strategy
+    declared = team.steps
+    order = [s.id for s in declared]
+    deps = dependencies(strategy, declared)
     levels = topological_levels(order, deps)
     level_of = {sid: i for i, level in enumerate(levels) for sid in level}
     position = {sid: i for i, sid in enumerate(order)}
-    chain = workflow.strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE)
+    dependents: dict[str, list[str]] = {sid: [] for sid in order}
+    for sid in order:
+        for dep in deps[sid]:
+            dependents[dep].append(sid)
+    chain = strategy in (Strategy.SEQUENTIAL, Strategy.PIPELINE)
     graph = _Graph(deps=deps, position=position, chain=chain)
+    end_steps = set(sinks(order, deps))
     planned = []
-    for i, step in enumerate(workflow.steps):
+    for i, step in enumerate(declared):
         planned.append(
             PlannedStep(
                 id=step.id,
@@ -121,18 +217,25 @@ def build_plan(spec: TeamSpec) -> ExecutionPlan:
                 position=i,
                 level=level_of[step.id],
                 deps=deps[step.id],
-                input_from=order[i - 1] if workflow.strategy is Strategy.PIPELINE and i else None,
+                dependents=tuple(dependents[step.id]),
+                input_from=order[i - 1] if strategy is Strategy.PIPELINE and i else None,
                 deadline=step.deadline,
                 heartbeat_timeout=step.heartbeat_timeout,
+                map=(
+                    MapSpec(step.for_each, step.max_parallel, step.allow_failures)
+                    if step.for_each
+                    else None
+                ),
+                sink=step.id in end_steps,
                 _graph=graph,
             )
         )
     return ExecutionPlan(
-        team=spec.name,
-        strategy=workflow.strategy,
+        team=team.name,
+        strategy=strategy,
         steps=tuple(planned),
         levels=levels,
-        outputs_from=_output_steps(workflow.strategy, order, deps),
+        outputs_from=_output_steps(strategy, order, deps),
     )
 
 

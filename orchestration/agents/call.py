@@ -17,7 +17,8 @@ class AgentCall:
 
     ``input`` is the execution's input (in a pipeline, the previous step's output);
     ``outputs`` maps every finished step this step may see to its output, read from the
-    database the first time the agent looks at it.
+    database the first time the agent looks at it. In a map step, ``item`` is this
+    call's item of the list and ``index`` its position (both None elsewhere).
     """
 
     execution_id: str
@@ -27,6 +28,8 @@ class AgentCall:
     input: Any
     outputs: Mapping[str, Any]
     attempt: int
+    item: Any = None
+    index: int | None = None
     _heartbeat: Callable[[Any], None] = field(default=_no_heartbeat, repr=False, compare=False)
 
     def heartbeat(self, details: Any = None) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from orchestration.errors import TroupeError
 from orchestration.store import prepared
@@ -22,27 +23,32 @@ class SchemaError(TroupeError):
     """The database is unreachable or its schema is not at the current revision."""
 
 
-def get_engine(url: str) -> Engine:
+# How long a statement waits for a free pooled connection before the wait counts as a
+# transient failure (retried, never dropped).
+POOL_TIMEOUT = 30.0
+
+
+def get_engine(url: str, pool_size: int = 5) -> Engine:
+    """The process's SQLAlchemy engine for ``url``: at most ``pool_size`` connections
+    (the first caller sets it), never more."""
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _create(url)
+            engine = _create(url, pool_size)
             _engines[url] = engine
         return engine
 
 
-def get_autocommit_engine(url: str) -> Engine:
-    """An engine whose connections stay in autocommit: a single-statement read, or a
-    multi-statement write that PostgreSQL runs as one implicit transaction, costs one
-    round trip, with no BEGIN/COMMIT and no switching of the connection's mode."""
-    if make_url(url).get_backend_name() == "sqlite":
-        # Local and cheap to switch; a second pool would only add writers to the file.
-        return get_engine(url).execution_options(isolation_level="AUTOCOMMIT")
-    key = f"autocommit:{url}"
+def get_hot_engine(url: str) -> Engine:
+    """PostgreSQL: connections in autocommit that prepare the hot statements when they
+    connect, for ``prepared.HotConnections``, which pools and bounds them itself: a
+    single-statement read, or a multi-statement write that PostgreSQL runs as one
+    implicit transaction, costs one round trip, with no BEGIN/COMMIT."""
+    key = f"hot:{url}"
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = create_engine(url, pool_size=5, max_overflow=10, isolation_level="AUTOCOMMIT")
+            engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
             prepared.install(engine)
             _engines[key] = engine
         return engine
@@ -55,20 +61,24 @@ def dispose_engines() -> None:
             engine.dispose(close=False)
 
 
-def _create(url: str) -> Engine:
+def _create(url: str, pool_size: int) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=max(pool_size, 8),
+            max_overflow=0,
+            pool_timeout=POOL_TIMEOUT,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # No pre-ping: it costs a round trip per checkout. A connection that died with the
     # server fails its statement, SQLAlchemy invalidates the pool, and the store's
-    # writes retry on a fresh connection.
-    return create_engine(url, pool_size=5, max_overflow=10)
+    # writes retry on a fresh connection. No overflow: the pool is the bound.
+    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=POOL_TIMEOUT)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

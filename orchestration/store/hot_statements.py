@@ -17,11 +17,8 @@ from sqlalchemy import (
     Table,
     TextClause,
     bindparam,
-    func,
-    insert,
     select,
     text,
-    update,
 )
 
 from orchestration.constants import (
@@ -79,36 +76,6 @@ CROSS JOIN LATERAL (
 
 EXECUTION_DIGEST_SQL: Final = """
 SELECT spec_digest FROM troupe_executions WHERE id = :eid"""
-
-INSERT_ATTEMPT: Final[Any] = insert(_attempts)
-
-# Claim the step for an attempt unless it is final or its execution was cancelled.
-CLAIM_STEP: Final[Any] = (
-    update(_steps)
-    .where(
-        _steps.c.execution_id == bindparam("eid"),
-        _steps.c.step_id == bindparam("sid"),
-        _steps.c.status.not_in(list(_FINAL)),
-        select(_executions.c.id)
-        .where(
-            _executions.c.id == bindparam("eid"),
-            _executions.c.status != CANCELLED,
-        )
-        .exists(),
-    )
-    .values(
-        status=RUNNING,
-        attempts=bindparam("att"),
-        next_attempt_at=None,
-        started_at=func.coalesce(_steps.c.started_at, bindparam("ts")),
-    )
-)
-
-START_EXECUTION: Final[Any] = (
-    update(_executions)
-    .where(_executions.c.id == bindparam("eid"), _executions.c.status == PENDING)
-    .values(status=RUNNING, started_at=bindparam("ts"))
-)
 
 # --- the end of an attempt, written in one round trip ---------------------------------
 #
@@ -172,32 +139,89 @@ UPDATE troupe_steps SET status = 'failed', attempts = :att,
     started_at = COALESCE(started_at, :started), finished_at = :ts, duration_ms = :step_ms
 WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}"""
 
-# --- the countdown of a level of more than one step ------------------------------------
+SKIP_STEP_SQL: Final = f"""
+UPDATE troupe_steps SET status = :status, skip_cause = :cause, reason = :reason,
+    finished_at = :ts
+WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}"""
+
+# --- counting down what waits for a decided step ---------------------------------------
 #
-# The write that decides a step of such a level also counts the level down, so the
-# delegation learns in the same round trip whether it decided the level's last step (and
-# moves the execution on). The level's row stays locked from this UPDATE to the commit,
-# so concurrent members count down one after another and exactly one sees zero.
+# The write that decides a step also counts down every step that waits for it (its
+# dependents, sorted, so concurrent writers lock rows in one order) and, for a sink, the
+# execution's ``sinks_left``, so the delegation learns in the same round trip which
+# steps it made ready and whether it ended the execution. The counted rows stay locked
+# to the commit, so concurrent deciders count one after another and exactly one of them
+# sees each count reach zero. Rows returned: ('', -1) if the step was decided here, then
+# (dependent, its count now) for each dependent, and (NULL, sinks left) for a sink.
 
 COUNT_DOWN_SQL: Final = """
-UPDATE troupe_levels SET remaining = remaining - 1
-WHERE execution_id = :eid AND level = :level
-RETURNING remaining"""
+UPDATE troupe_steps SET waiting = waiting - 1
+WHERE execution_id = :eid AND step_id = :dep
+RETURNING step_id, waiting"""
+
+SINK_DOWN_SQL: Final = """
+UPDATE troupe_executions SET sinks_left = sinks_left - 1
+WHERE id = :eid
+RETURNING sinks_left"""
 
 
 def _counted(step_sql: str) -> str:
-    """PostgreSQL: ``step_sql`` and, only if it decided the step, the countdown, as one
-    statement that returns the level's remaining count (no row: not decided here)."""
+    """PostgreSQL: ``step_sql`` and, only if it decided the step, the countdowns, as one
+    statement."""
     return f"""
 WITH decided AS ({step_sql}
-RETURNING 1)
-UPDATE troupe_levels SET remaining = remaining - 1
-WHERE execution_id = :eid AND level = :level AND EXISTS (SELECT 1 FROM decided)
-RETURNING remaining"""
+RETURNING 1),
+counted AS (
+    UPDATE troupe_steps SET waiting = troupe_steps.waiting - 1
+    FROM unnest(CAST(:deps AS varchar[])) AS wanted(step_id)
+    WHERE troupe_steps.execution_id = :eid AND troupe_steps.step_id = wanted.step_id
+        AND EXISTS (SELECT 1 FROM decided)
+    RETURNING troupe_steps.step_id, troupe_steps.waiting),
+ended AS (
+    UPDATE troupe_executions SET sinks_left = sinks_left - 1
+    WHERE id = :eid AND CAST(:sink AS boolean) AND EXISTS (SELECT 1 FROM decided)
+    RETURNING sinks_left)
+SELECT CAST('' AS varchar) AS step_id, -1 AS waiting FROM decided
+UNION ALL SELECT step_id, waiting FROM counted
+UNION ALL SELECT NULL, sinks_left FROM ended"""
 
 
-# The step's write and its level's countdown in one statement (SQLite runs the two).
-COUNTED: Final = {sql: _counted(sql) for sql in (COMPLETE_STEP_SQL, FAIL_STEP_SQL)}
+DECIDING_SQL: Final = (COMPLETE_STEP_SQL, FAIL_STEP_SQL, SKIP_STEP_SQL)
+# The step's write and its countdowns in one statement (SQLite runs them one by one).
+COUNTED: Final = {sql: _counted(sql) for sql in DECIDING_SQL}
+
+# --- the start marker and the lease of an attempt that runs for a while ----------------
+
+BEGIN_ATTEMPT_SQL: Final = """
+INSERT INTO troupe_attempts (execution_id, step_id, attempt, agent, task_id, worker,
+    started_at)
+VALUES (:eid, :sid, :att, :agent, :task_id, :worker, :started)"""
+
+CLAIM_STEP_SQL: Final = f"""
+UPDATE troupe_steps SET status = '{RUNNING}', attempts = :att, next_attempt_at = NULL,
+    started_at = COALESCE(started_at, :started)
+WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_STEP_FINAL_SQL}
+    AND EXISTS (SELECT 1 FROM troupe_executions
+                WHERE id = :eid AND status != '{CANCELLED}')"""
+
+# PostgreSQL: the claim and the marker in one statement: (claimed, inserted). Not
+# claimed: the step is final or the execution cancelled. Claimed but not inserted:
+# another copy of the message recorded this attempt first.
+BEGIN_ATTEMPT_SQL_GUARDED: Final = f"""
+WITH claimed AS ({CLAIM_STEP_SQL}
+RETURNING 1),
+inserted AS (
+    INSERT INTO troupe_attempts (execution_id, step_id, attempt, agent, task_id, worker,
+        started_at)
+    SELECT :eid, :sid, :att, :agent, :task_id, :worker, :started
+    WHERE EXISTS (SELECT 1 FROM claimed)
+    ON CONFLICT (execution_id, step_id, attempt) DO NOTHING
+    RETURNING 1)
+SELECT (SELECT count(*) FROM claimed) AS claimed, (SELECT count(*) FROM inserted) AS inserted"""
+
+RENEW_LEASE_SQL: Final = """
+UPDATE troupe_attempts SET heartbeat_at = :ts, progress = :progress
+WHERE execution_id = :eid AND step_id = :sid AND attempt = :att AND outcome IS NULL"""
 
 # Every statement a write script may contain (PostgreSQL prepares them all).
 WRITE_SQL: Final = (
@@ -207,6 +231,11 @@ WRITE_SQL: Final = (
     COMPLETE_STEP_SQL,
     RETRY_STEP_SQL,
     FAIL_STEP_SQL,
+    SKIP_STEP_SQL,
+    BEGIN_ATTEMPT_SQL,
+    CLAIM_STEP_SQL,
+    BEGIN_ATTEMPT_SQL_GUARDED,
+    RENEW_LEASE_SQL,
     *COUNTED.values(),
 )
 
@@ -216,6 +245,7 @@ _BIND_TYPES: Final[dict[str, Any]] = {
     "next_at": DateTime(timezone=True),
     "out": JSON(),
     "final_output": JSON(),
+    "progress": JSON(),
 }
 
 

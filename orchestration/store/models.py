@@ -41,6 +41,9 @@ class ExecutionRow(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     output: Mapped[Any] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
+    # Sink steps (nothing depends on them) not yet decided: the write that brings this
+    # to zero ends the execution.
+    sinks_left: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -53,11 +56,25 @@ class StepRow(Base):
     execution_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"), primary_key=True
     )
-    step_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # A plan step's id, or a map item's: its map step's id and its index, "split[3]".
+    step_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     agent: Mapped[str] = mapped_column(String(200))
     position: Mapped[int] = mapped_column(Integer)
+    # Depth in the plan, for display; scheduling follows ``waiting``.
     level: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
+    # Steps this one waits for that are not decided yet; zero: ready to run.
+    waiting: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Steps added at run time: the step that added it (a map item's map step), its
+    # index and item, who added it and why, and the steps it counts down when decided
+    # (a plan step's come from the plan).
+    parent_id: Mapped[str | None] = mapped_column(String(200))
+    item_index: Mapped[int | None] = mapped_column(Integer)
+    item: Mapped[Any] = mapped_column(JSON, nullable=True)
+    origin: Mapped[Any] = mapped_column(JSON, nullable=True)
+    dependents: Mapped[Any] = mapped_column(JSON, nullable=True)
+    # A map step: how many items its expansion added (None until it expanded).
+    fan_out: Mapped[int | None] = mapped_column(Integer)
     skip_cause: Mapped[str | None] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     output: Mapped[Any] = mapped_column(JSON, nullable=True)
@@ -68,20 +85,6 @@ class StepRow(Base):
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     next_attempt_at: Mapped[datetime | None]
-
-
-class LevelRow(Base):
-    """A level of more than one step: how many of its steps are not yet decided. The
-    delegation whose write brings ``remaining`` to zero moves the execution on."""
-
-    __tablename__ = "troupe_levels"
-
-    execution_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"), primary_key=True
-    )
-    level: Mapped[int] = mapped_column(Integer, primary_key=True)
-    size: Mapped[int] = mapped_column(Integer)
-    remaining: Mapped[int] = mapped_column(Integer)
 
 
 class AttemptRow(Base):
@@ -97,7 +100,7 @@ class AttemptRow(Base):
     execution_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE")
     )
-    step_id: Mapped[str] = mapped_column(String(100))
+    step_id: Mapped[str] = mapped_column(String(200))
     attempt: Mapped[int] = mapped_column(Integer)
     agent: Mapped[str] = mapped_column(String(200))
     task_id: Mapped[str | None] = mapped_column(String(64))

@@ -27,7 +27,7 @@ from orchestration.store import hot_statements as hot
 
 # Values PostgreSQL stores as json: sent as their JSON text, as SQLAlchemy's JSON type
 # would (None becomes JSON null).
-_JSON_PARAMS: Final = frozenset({"out", "final_output"})
+_JSON_PARAMS: Final = frozenset({"out", "final_output", "progress"})
 _PLACEHOLDER = re.compile(r"(?<!:):(\w+)")
 
 
@@ -103,58 +103,101 @@ def values(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class PoolExhausted(OperationalError):
+    """No database connection came free in time: transient, retried like an outage."""
+
+
 class HotConnections:
-    """Each thread's own pooled connection, used through the bare psycopg2 cursor.
+    """A bounded pool of connections used through the bare psycopg2 cursor.
 
     SQLAlchemy's per-statement machinery (pool checkout and return, execution context,
     events, result wrapping) cost ~0.2 ms of CPU per statement, as much as PostgreSQL
-    spends running it; the delegation's two statements are fixed and prepared, so they
-    skip it. A connection that fails is invalidated and the error raised as SQLAlchemy's
-    own, so the store's retries treat it like any other.
+    spends running it; the delegation's statements are fixed and prepared, so they skip
+    it. A connection is held for one statement or script and handed back at once, so an
+    agent call never holds one while it waits, and a thousand threads share ``size``
+    connections. A connection that fails is invalidated and the error raised as
+    SQLAlchemy's own, so the store's retries treat it like any other.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, size: int, timeout: float = 30.0) -> None:
         self._engine = engine
-        self._local = threading.local()
+        self._size = size
+        self._timeout = timeout
+        self._idle: list[Any] = []
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
         # Round trips made (each one statement or one write script), for profiling.
         self.round_trips = 0
         os.register_at_fork(after_in_child=self._forget_parents)
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def execute(
         self, sql: str | bytes, params: dict[str, Any] | None = None
     ) -> tuple[list[Any], int]:
         """(rows as named tuples, row count of the last statement). Without ``params``,
         ``sql`` is sent as it is (e.g. already quoted by ``quote``)."""
-        connection = self._connection()
         dbapi = self._engine.dialect.loaded_dbapi
+        connection = self._checkout()
         self.round_trips += 1
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
                 rows = _named_rows(cursor) if cursor.description else []
-                return rows, int(cursor.rowcount)
+                count = int(cursor.rowcount)
         except (dbapi.OperationalError, dbapi.InterfaceError) as exc:
-            self._local.held = None
             connection.invalidate(exc)
+            self._checkin(None)
             shown = sql if isinstance(sql, str) else sql[:200].decode(errors="replace")
             raise OperationalError(shown, params, exc) from exc
+        except BaseException:
+            self._checkin(connection)
+            raise
+        self._checkin(connection)
+        return rows, count
 
     def quote(self, sql: str, values: tuple[Any, ...]) -> bytes:
         """``sql`` with ``values`` quoted in by psycopg2, without a round trip."""
-        with self._connection().cursor() as cursor:
-            return bytes(cursor.mogrify(sql, values))
+        connection = self._checkout()
+        try:
+            with connection.cursor() as cursor:
+                return bytes(cursor.mogrify(sql, values))
+        finally:
+            self._checkin(connection)
 
-    def _connection(self) -> Any:
-        held = getattr(self._local, "held", None)
-        if held is None:
-            held = self._local.held = self._engine.raw_connection()
-        return held
+    def _checkout(self) -> Any:
+        if not self._slots.acquire(timeout=self._timeout):
+            raise PoolExhausted(
+                f"no database connection came free within {self._timeout:g}s "
+                f"({self._size} in this process)",
+                None,
+                TimeoutError(),
+            )
+        with self._lock:
+            held = self._idle.pop() if self._idle else None
+        if held is not None:
+            return held
+        try:
+            return self._engine.raw_connection()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _checkin(self, connection: Any) -> None:
+        if connection is not None:
+            with self._lock:
+                self._idle.append(connection)
+        self._slots.release()
 
     def _forget_parents(self) -> None:
         # A forked child must not touch its parent's sockets, not even to close them:
         # keep the inherited connections referenced, unused, and start afresh.
-        _inherited.append(self._local)
-        self._local = threading.local()
+        _inherited.append(self._idle)
+        self._idle = []
+        self._slots = threading.BoundedSemaphore(self._size)
+        self._lock = threading.Lock()
 
 
 _inherited: list[Any] = []

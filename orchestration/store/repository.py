@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import (
     retry,
@@ -26,9 +27,10 @@ from tenacity import (
 
 from orchestration.constants import (
     CANCELLED,
+    COMPLETED,
     EXECUTION_FINAL,
+    FAILED,
     OUTCOME_LOST,
-    OUTCOME_REJECTED,
     OUTCOME_SUCCESS,
     PENDING,
     RETRYING,
@@ -39,16 +41,16 @@ from orchestration.constants import (
 from orchestration.errors import ExecutionNotFound
 from orchestration.store import hot_statements as hot
 from orchestration.store import prepared
-from orchestration.store.database import get_autocommit_engine, get_engine
+from orchestration.store.database import get_engine, get_hot_engine
 from orchestration.store.models import (
     AgentRow,
     AttemptRow,
     ExecutionRow,
     HeartbeatRow,
-    LevelRow,
     StepRow,
 )
 from workflows.plan import ExecutionPlan
+from workflows.scheduling import AddedStep
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,10 +86,12 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
+    """An error of the database, not of the request: unreachable, restarting, no free
+    connection in time. Worth another try; never a reason to drop work."""
     if isinstance(exc, IntegrityError):
         return False
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, OperationalError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
@@ -98,7 +102,7 @@ def _retrying(fn: Callable[P, R]) -> Callable[P, R]:
     The first try runs outside tenacity: setting up its retry state cost about as much
     Python as the delegation's own statements, on every call that never needed it."""
     retried = retry(
-        retry=retry_if_exception(_is_transient),
+        retry=retry_if_exception(is_transient),
         wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
         stop=stop_after_delay(120),
         reraise=True,
@@ -109,11 +113,20 @@ def _retrying(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if not _is_transient(exc):
+            if not is_transient(exc):
                 raise
         return retried(*args, **kwargs)
 
     return first_try
+
+
+@dataclass(frozen=True)
+class Countdown:
+    """What deciding a step counts down: the steps that wait for it, and for a sink,
+    the execution's sinks left."""
+
+    dependents: tuple[str, ...] = ()
+    sink: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,9 +135,14 @@ class Decided:
 
     # From the step's first start to now, when it was known (else the attempt's).
     step_ms: int = 0
-    # The step was the last of its level to be decided (the only one, or the last one
-    # counted down): the writer moves the execution on.
-    closes_level: bool = False
+    # Each dependent counted down, with its count now; those at zero are ready.
+    counts: tuple[tuple[str, int], ...] = ()
+    # The last sink was decided: the writer ends the execution.
+    ended: bool = False
+
+    @property
+    def ready(self) -> tuple[str, ...]:
+        return tuple(step_id for step_id, waiting in self.counts if waiting == 0)
 
 
 @dataclass(frozen=True)
@@ -167,18 +185,23 @@ class AttemptEnd:
 
 
 class Store:
-    def __init__(self, url: str, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, engine: Engine | None = None, *, connections: int = 20) -> None:
+        """``connections``: the most this process opens to the database, whatever the
+        number of threads using it (a quarter for SQLAlchemy's pool, the rest for the
+        delegation's prepared statements on PostgreSQL)."""
         self.url = url
-        self.engine = engine or get_engine(url)
-        # Single-statement reads and the one-round-trip writes need no BEGIN/COMMIT.
-        self.reader = (
-            get_autocommit_engine(url)
-            if engine is None
-            else engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        general = max(2, connections // 4)
+        self.engine = engine or get_engine(url, general)
+        # Single-statement reads need no BEGIN/COMMIT (psycopg2 switches to autocommit
+        # on the client, without a round trip).
+        self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # On PostgreSQL the delegation's read and writes are prepared statements.
         self.prepared = self.engine.dialect.name == "postgresql" and engine is None
-        self._hot = prepared.HotConnections(self.reader.engine) if self.prepared else None
+        self._hot = (
+            prepared.HotConnections(get_hot_engine(url), max(1, connections - general))
+            if self.prepared
+            else None
+        )
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._registered: set[tuple[str, str]] = set()
 
@@ -210,6 +233,7 @@ class Store:
             "spec_digest": digest or spec_digest(spec),
             "input": input_value,
             "status": PENDING,
+            "sinks_left": len(plan.sinks),
             "created_at": now(),
         }
         steps = [
@@ -221,25 +245,17 @@ class Store:
                 "level": step.level,
                 "status": PENDING,
                 "attempts": 0,
+                "waiting": len(step.deps),
             }
             for step in plan.steps
         ]
-        levels = [
-            {"execution_id": execution_id, "level": index, "size": len(level)}
-            for index, level in enumerate(plan.levels)
-            if len(level) > 1
-        ]
         if self._hot is not None:
             # One round trip: the INSERTs as one string, one implicit transaction.
-            self._hot.execute(_insert_script(self._hot.quote, execution, steps, levels))
+            self._hot.execute(_insert_script(self._hot.quote, execution, steps))
             return
         with self.engine.begin() as connection:
             connection.execute(insert(ExecutionRow), execution)
             connection.execute(insert(StepRow), steps)
-            if levels:
-                connection.execute(
-                    insert(LevelRow), [{**level, "remaining": level["size"]} for level in levels]
-                )
 
     @_retrying
     def execution_digest(self, execution_id: str) -> str | None:
@@ -293,7 +309,7 @@ class Store:
                 session.scalars(
                     select(StepRow)
                     .where(StepRow.execution_id == execution_id)
-                    .order_by(StepRow.position)
+                    .order_by(StepRow.position, StepRow.item_index.nulls_first())
                 )
             )
 
@@ -309,7 +325,7 @@ class Store:
             StepRow.error_type,
             StepRow.error_message,
             StepRow.reason,
-        ).where(StepRow.execution_id == execution_id)
+        ).where(StepRow.execution_id == execution_id, StepRow.parent_id.is_(None))
         with self.reader.connect() as connection:
             return list(connection.execute(query))
 
@@ -414,28 +430,32 @@ class Store:
         Returns "started"; "duplicate" if this attempt was already recorded; "cancelled"
         if the step is final or the execution was cancelled since the caller looked.
         """
-        stamp = started_at or now()
-        keys = {"eid": execution_id, "sid": step_id, "ts": stamp}
+        params = {
+            "eid": execution_id,
+            "sid": step_id,
+            "att": attempt,
+            "agent": agent,
+            "task_id": task_id,
+            "worker": worker,
+            "started": started_at or now(),
+        }
+        if self._hot is not None:
+            parts = [hot.MARK_EXECUTION_RUNNING_SQL] if execution_pending else []
+            parts.append(hot.BEGIN_ATTEMPT_SQL_GUARDED)
+            rows, _ = self._hot.execute(prepared.script(tuple(parts)), prepared.values(params))
+            claimed, inserted = rows[0]
+            if not claimed:
+                return "cancelled"
+            return "started" if inserted else "duplicate"
         try:
             with self.engine.begin() as connection:
-                connection.execute(
-                    hot.INSERT_ATTEMPT,
-                    {
-                        "execution_id": execution_id,
-                        "step_id": step_id,
-                        "attempt": attempt,
-                        "agent": agent,
-                        "task_id": task_id,
-                        "worker": worker,
-                        "started_at": stamp,
-                    },
-                )
-                claimed = connection.execute(hot.CLAIM_STEP, {**keys, "att": attempt})
-                if not claimed.rowcount:
+                clauses = hot.write_script(hot.BEGIN_ATTEMPT_SQL, hot.CLAIM_STEP_SQL)
+                connection.execute(clauses[0], params)
+                if not connection.execute(clauses[1], params).rowcount:
                     connection.rollback()
                     return "cancelled"
                 if execution_pending:
-                    connection.execute(hot.START_EXECUTION, keys)
+                    connection.execute(hot.write_script(hot.MARK_EXECUTION_RUNNING_SQL)[0], params)
         except IntegrityError:
             return "duplicate"
         return "started"
@@ -451,44 +471,61 @@ class Store:
                 )
             )
 
-    def _write(
-        self, parts: tuple[str, ...], params: dict[str, Any], level: int | None = None
-    ) -> tuple[bool, bool]:
-        """Run one write script (statements of ``hot_statements``) whose last statement
-        decides a step; with ``level`` (the step shares it with others), count that level
-        down if it did. Returns (the step was decided here, its level is now decided: at
-        once for a step alone on its level)."""
+    def _write(self, parts: tuple[str, ...], params: dict[str, Any]) -> int:
+        """Run one write script (statements of ``hot_statements``) that decides nothing;
+        the row count of its last statement."""
         if self._hot is not None:
-            if level is not None:
-                parts = (*parts[:-1], hot.COUNTED[parts[-1]])
-                params = {**params, "level": level}
-            rows, count = self._hot.execute(prepared.script(parts), prepared.values(params))
-            if level is None:
-                return bool(count), bool(count)
-            return bool(rows), bool(rows) and rows[0][0] == 0
+            _, count = self._hot.execute(prepared.script(parts), prepared.values(params))
+            return count
         with self.engine.begin() as connection:
             count = 0
             for clause in hot.write_script(*parts):
                 count = int(connection.execute(clause, params).rowcount)
-            if not count or level is None:
-                return bool(count), bool(count)
-            return True, _count_down(connection, params["eid"], level)
+            return count
+
+    def _decide(
+        self, parts: tuple[str, ...], params: dict[str, Any], countdown: Countdown, step_ms: int
+    ) -> Decided | None:
+        """Run one write script whose last statement decides a step and, if it did,
+        count down what waits for it. None: the step was decided already."""
+        dependents = sorted(countdown.dependents)
+        if self._hot is not None:
+            parts = (*parts[:-1], hot.COUNTED[parts[-1]])
+            params = {**params, "deps": dependents, "sink": countdown.sink}
+            rows, _ = self._hot.execute(prepared.script(parts), prepared.values(params))
+            return _decided(rows, step_ms)
+        with self.engine.begin() as connection:
+            count = 0
+            for clause in hot.write_script(*parts):
+                count = int(connection.execute(clause, params).rowcount)
+            if not count:
+                return None
+            rows = [("", -1)]
+            down = hot.write_script(hot.COUNT_DOWN_SQL, hot.SINK_DOWN_SQL)
+            for dep in dependents:
+                found = connection.execute(down[0], {"eid": params["eid"], "dep": dep}).first()
+                if found is not None:
+                    rows.append((found[0], found[1]))
+            if countdown.sink:
+                left = connection.execute(down[1], {"eid": params["eid"]}).scalar()
+                rows.append((None, int(left or 0)))
+            return _decided(rows, step_ms)
 
     @_retrying
     def record_success(
         self,
         end: AttemptEnd,
         output: Any,
+        countdown: Countdown,
         *,
         step_started_at: datetime | None = None,
         execution_pending: bool = False,
         finish: tuple[str, Any, str | None] | None = None,
-        level: int | None = None,
     ) -> Decided | None:
-        """The attempt's row, the step's result and (``finish``: status, output, error)
-        the execution's end, in one round trip; ``level``: the step's level of more than
-        one step, counted down. None if the step had already reached a final status
-        (cancelled meanwhile, or decided by another copy of the message)."""
+        """The attempt's row, the step's result, its countdowns and (``finish``: status,
+        output, error) the execution's end, in one round trip. None if the step had
+        already reached a final status (cancelled meanwhile, or decided by another copy
+        of the message)."""
         stamp = now()
         step_ms = _elapsed_ms(step_started_at or end.started_at, stamp, end.duration_ms)
         parts = [hot.END_ATTEMPT_SQL]
@@ -498,8 +535,7 @@ class Store:
             parts.append(hot.MARK_EXECUTION_RUNNING_SQL)
         _finishing(parts, params, finish)
         parts.append(hot.COMPLETE_STEP_SQL)
-        decided, closes = self._write(tuple(parts), params, level)
-        return Decided(step_ms, closes) if decided else None
+        return self._decide(tuple(parts), params, countdown, step_ms)
 
     @_retrying
     def record_retry(
@@ -516,51 +552,126 @@ class Store:
     def record_failure(
         self,
         end: AttemptEnd,
+        countdown: Countdown,
         *,
         step_started_at: datetime | None = None,
         execution_pending: bool = False,
-        level: int | None = None,
+        finish: tuple[str, Any, str | None] | None = None,
     ) -> Decided | None:
+        """A failed attempt that fails the step (``end.outcome`` rejected: refused before
+        any call), its countdowns and (``finish``) the execution's end, in one round trip."""
         stamp = now()
         params = end.params(stamp)
-        params["step_ms"] = _elapsed_ms(step_started_at or end.started_at, stamp, end.duration_ms)
+        step_ms = _elapsed_ms(step_started_at or end.started_at, stamp, end.duration_ms)
+        params["step_ms"] = step_ms
         parts = [hot.END_ATTEMPT_SQL]
         if execution_pending:
             parts.append(hot.MARK_EXECUTION_RUNNING_SQL)
-        decided, closes = self._write((*parts, hot.FAIL_STEP_SQL), params, level)
-        return Decided(params["step_ms"], closes) if decided else None
+        _finishing(parts, params, finish)
+        return self._decide((*parts, hot.FAIL_STEP_SQL), params, countdown, step_ms)
 
     @_retrying
-    def finish_step_without_call(
+    def decide_without_call(
         self,
         execution_id: str,
         step_id: str,
         status: str,
-        cause: str | None,
-        reason: str,
-        level: int | None = None,
+        countdown: Countdown,
+        *,
+        cause: str | None = None,
+        reason: str | None = None,
+        output: Any = None,
+        attempts: int = 0,
     ) -> Decided | None:
-        """Skipped or cancelled: the agent is never called, so no attempt row."""
+        """A step decided without calling an agent: skipped, cancelled, or a map step
+        joining its items (completed with their outputs, or failed)."""
+        stamp = now()
+        params: dict[str, Any] = {
+            "eid": execution_id,
+            "sid": step_id,
+            "ts": stamp,
+            "started": stamp,
+            "att": attempts,
+            "step_ms": 0,
+        }
+        if status == COMPLETED:
+            params["out"] = output
+            return self._decide((hot.COMPLETE_STEP_SQL,), params, countdown, 0)
+        if status == FAILED:
+            params.update(error_type="MapItemFailed", error_message=reason)
+            return self._decide((hot.FAIL_STEP_SQL,), params, countdown, 0)
         assert status in (SKIPPED, CANCELLED)
+        params.update(status=status, cause=cause, reason=reason)
+        return self._decide((hot.SKIP_STEP_SQL,), params, countdown, 0)
+
+    @_retrying
+    def expand(
+        self, execution_id: str, step_id: str, items: Iterable[AddedStep], position: int
+    ) -> bool:
+        """Add a map step's items to the running execution and make the map step wait
+        for them, atomically. False if the step was expanded (or decided) already: a
+        redelivered or resumed map never adds an item twice."""
+        added = [
+            {
+                "execution_id": execution_id,
+                "step_id": item.step_id,
+                "agent": item.agent,
+                "position": position,
+                "level": 0,
+                "status": PENDING,
+                "attempts": 0,
+                "waiting": 0,
+                "parent_id": item.parent_id,
+                "item_index": item.item_index,
+                "item": item.item,
+                "origin": {**item.origin, "at": now().isoformat()},
+                "dependents": list(item.dependents),
+            }
+            for item in items
+        ]
+        stamp = now()
         with self.engine.begin() as connection:
-            result = connection.execute(
-                _unfinished_step(execution_id, step_id).values(
-                    status=status, skip_cause=cause, reason=reason, finished_at=now()
+            claimed = connection.execute(
+                _unfinished_step(execution_id, step_id)
+                .where(StepRow.fan_out.is_(None))
+                .values(
+                    status=RUNNING,
+                    fan_out=len(added),
+                    waiting=StepRow.waiting + len(added),
+                    started_at=func.coalesce(StepRow.started_at, stamp),
                 )
             )
-            if not result.rowcount:
-                return None
-            closes = level is None or _count_down(connection, execution_id, level)
-            return Decided(0, closes)
+            if not claimed.rowcount:
+                return False
+            if added:
+                connection.execute(insert(StepRow), added)
+            return True
+
+    @_retrying
+    def items(self, execution_id: str, step_id: str) -> list[Any]:
+        """A map step's items, in order: what joining them needs."""
+        query = (
+            select(
+                StepRow.step_id,
+                StepRow.item_index,
+                StepRow.status,
+                StepRow.output,
+                StepRow.error_type,
+                StepRow.error_message,
+                StepRow.reason,
+                StepRow.attempts,
+            )
+            .where(StepRow.execution_id == execution_id, StepRow.parent_id == step_id)
+            .order_by(StepRow.item_index)
+        )
+        with self.reader.connect() as connection:
+            return list(connection.execute(query))
 
     @_retrying
     def renew_lease(self, execution_id: str, step_id: str, attempt: int, progress: Any) -> None:
-        with self.session() as session, session.begin():
-            session.execute(
-                _attempt(execution_id, step_id, attempt)
-                .where(AttemptRow.outcome.is_(None))
-                .values(heartbeat_at=now(), progress=progress)
-            )
+        params = {"eid": execution_id, "sid": step_id, "att": attempt, "ts": now()}
+        params["progress"] = progress
+        self._write((hot.RENEW_LEASE_SQL,), params)
 
     @_retrying
     def mark_attempt_lost(self, execution_id: str, step_id: str, attempt: int) -> bool:
@@ -611,23 +722,6 @@ class Store:
                 )
                 .values(started_at=now())
             )
-
-    @_retrying
-    def record_rejection(
-        self,
-        end: AttemptEnd,
-        finish: tuple[str, Any, str | None] | None = None,
-        level: int | None = None,
-    ) -> Decided | None:
-        """A dispatch refused before any call (breaker open, deadline passed): audited as
-        an attempt, and the step fails (with ``finish``, the execution ends), in one
-        round trip. None if the step had already reached a final status."""
-        params = end.params(end.started_at)
-        params["step_ms"] = 0
-        parts = [hot.END_ATTEMPT_SQL]
-        _finishing(parts, params, finish)
-        decided, closes = self._write((*parts, hot.FAIL_STEP_SQL), params, level)
-        return Decided(0, closes) if decided else None
 
     @_retrying
     def open_attempts(self, older_than: datetime) -> list[AttemptRow]:
@@ -763,13 +857,13 @@ class Store:
             return sorted({task_id for task_id in ids if task_id})
 
 
-def _count_down(connection: Any, execution_id: str, level: int) -> bool:
-    """Inside the transaction that decided a step of ``level``: count the level down;
-    True if that was its last undecided step."""
-    remaining = connection.execute(
-        text(hot.COUNT_DOWN_SQL), {"eid": execution_id, "level": level}
-    ).scalar()
-    return bool(remaining == 0)
+def _decided(rows: list[Any], step_ms: int) -> Decided | None:
+    """What a deciding write returned (see ``hot_statements._counted``)."""
+    if not rows:
+        return None
+    counts = tuple((row[0], int(row[1])) for row in rows if row[0])
+    ended = any(row[0] is None and int(row[1]) == 0 for row in rows)
+    return Decided(step_ms=step_ms, counts=counts, ended=ended)
 
 
 def _finishing(
@@ -787,18 +881,35 @@ def spec_digest(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_EXECUTION_COLUMNS = ("id", "team", "strategy", "spec", "spec_digest", "input", "status")
-_STEP_COLUMNS = ("execution_id", "step_id", "agent", "position", "level", "status", "attempts")
+_EXECUTION_COLUMNS = (
+    "id",
+    "team",
+    "strategy",
+    "spec",
+    "spec_digest",
+    "input",
+    "status",
+    "sinks_left",
+)
+_STEP_COLUMNS = (
+    "execution_id",
+    "step_id",
+    "agent",
+    "position",
+    "level",
+    "status",
+    "attempts",
+    "waiting",
+)
 
 
 def _insert_script(
     quote: Callable[[str, tuple[Any, ...]], bytes],
     execution: dict[str, Any],
     steps: list[dict[str, Any]],
-    levels: list[dict[str, Any]],
 ) -> bytes:
-    """PostgreSQL: the INSERTs of the execution, its steps and its levels' countdowns
-    as one string (psycopg2 quotes every value; JSON goes as its text)."""
+    """PostgreSQL: the INSERTs of the execution and its steps as one string (psycopg2
+    quotes every value; JSON goes as its text)."""
     head = quote(
         f"INSERT INTO troupe_executions ({', '.join(_EXECUTION_COLUMNS)}, created_at) "
         f"VALUES ({', '.join(['%s'] * len(_EXECUTION_COLUMNS))}, %s)",
@@ -810,21 +921,14 @@ def _insert_script(
             execution["spec_digest"],
             json.dumps(execution["input"]),
             execution["status"],
+            execution["sinks_left"],
             execution["created_at"],
         ),
     )
     placeholders = f"({', '.join(['%s'] * len(_STEP_COLUMNS))})"
     rows = b",".join(quote(placeholders, tuple(step[c] for c in _STEP_COLUMNS)) for step in steps)
     columns = ", ".join(_STEP_COLUMNS)
-    script = head + f";INSERT INTO troupe_steps ({columns}) VALUES ".encode() + rows
-    if levels:
-        counts = b",".join(
-            quote("(%s, %s, %s, %s)", (lv["execution_id"], lv["level"], lv["size"], lv["size"]))
-            for lv in levels
-        )
-        script += b";INSERT INTO troupe_levels (execution_id, level, size, remaining) VALUES "
-        script += counts
-    return script
+    return head + f";INSERT INTO troupe_steps ({columns}) VALUES ".encode() + rows
 
 
 def _aware(value: datetime) -> datetime:

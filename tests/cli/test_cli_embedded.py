@@ -22,7 +22,7 @@ SAMPLE = "examples/code_audit/sample_project"
 CLEAN = "examples/code_audit/clean_project"
 
 REPORT_KEYS = {"execution_id", "status", "output", "steps"}
-STEP_KEYS = {"id", "agent", "status", "attempts", "duration_ms", "error"}
+STEP_KEYS = {"id", "agent", "status", "attempts", "duration_ms", "error", "parent", "item_index"}
 
 
 def run_json(args: list[str], env: dict[str, str], **kwargs: Any) -> tuple[Any, Any]:
@@ -115,6 +115,8 @@ def test_example_json_on_clean_project_skips_the_fixer(cli_env: dict[str, str]) 
         "attempts": 0,
         "duration_ms": None,
         "error": None,
+        "parent": None,
+        "item_index": None,
     }
     for sid in ("syntax", "todos", "secrets", "report"):
         assert steps[sid]["status"] == "completed"

@@ -459,8 +459,8 @@ def test_audit_trail_has_one_row_per_attempt(runtime: Any) -> None:
         assert row.started_at <= row.finished_at
         assert isinstance(row.duration_ms, int) and row.duration_ms >= 0
     # A Celery retry re-sends the same task: every attempt of a step shares its task id.
-    assert len({row.task_id for row in rows[:3]}) == 1
-    assert rows[3].task_id != rows[0].task_id
+    # The next step ran in the same task, eagerly, once the third attempt succeeded.
+    assert len({row.task_id for row in rows}) == 1
     assert rows[0].finished_at <= rows[1].started_at <= rows[1].finished_at <= rows[2].started_at
 
 

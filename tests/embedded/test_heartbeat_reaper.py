@@ -18,10 +18,11 @@ from sqlalchemy import update
 
 from orchestration.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from orchestration.spec import AgentSpec, TeamSpec
+from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import ensure_schema
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
-from orchestration.store.repository import AttemptEnd, AttemptError, Store, now
+from orchestration.store.repository import AttemptEnd, AttemptError, Countdown, Store, now
 from tests.support.resilience_agents import HEALTH_DIR_VARIABLE
 from workers.health import run_heartbeat
 from workers.reaper import reap
@@ -30,6 +31,7 @@ from workflows.plan import build_plan
 pytestmark = pytest.mark.timeout(15)
 
 TEAM = "probed-team"
+TARGETS = "tests.support.resilience_agents"
 
 
 @pytest.fixture
@@ -47,8 +49,10 @@ def health_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
-def spec(health: dict[str, Any] | None, **breaker: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"target": "tests.support.resilience_agents:ok"}
+def spec(health: dict[str, Any] | None, target: str = "ok", **breaker: Any) -> dict[str, Any]:
+    """An agent calling ``target`` of TARGETS. The heartbeat calls only the health check,
+    never the target: agents that should be probed apart get targets of their own."""
+    fields: dict[str, Any] = {"target": f"{TARGETS}:{target}"}
     if health is not None:
         fields["health"] = health
     if breaker:
@@ -60,21 +64,34 @@ def probe(name: str, **fields: Any) -> dict[str, Any]:
     return {"target": f"tests.support.resilience_agents:probe_{name}", **fields}
 
 
+def identity(target: str) -> str:
+    return f"python:{TARGETS}:{target}"
+
+
+def register(store: Store, agents: dict[str, dict[str, Any]], team: str = TEAM) -> None:
+    AgentRegistry(store).register_agents(team, agents)
+
+
 def beat(store: Store) -> dict[str, Any]:
-    return {result.agent: result for result in run_heartbeat(store, BreakerStore(store))}
+    """The heartbeat's results, by identity."""
+    return {result.identity: result for result in run_heartbeat(store, BreakerStore(store))}
+
+
+def last_heartbeats(store: Store) -> dict[str, Any]:
+    return AgentRegistry(store).last_heartbeats()
 
 
 # --- heartbeat ------------------------------------------------------------------------------
 
 
 def test_heartbeat_records_each_probed_agent(store: Store, health_dir: Path) -> None:
-    store.register_agents(
-        TEAM,
+    register(
+        store,
         {
-            "up": spec(probe("one")),
-            "down": spec(probe("two")),
-            "broken": spec(probe("three")),
-            "unprobed": spec(None),
+            "up": spec(probe("one"), target="up"),
+            "down": spec(probe("two"), target="down"),
+            "broken": spec(probe("three"), target="broken"),
+            "unprobed": spec(None, target="unprobed"),
         },
     )
     (health_dir / "two.down").touch()
@@ -83,19 +100,20 @@ def test_heartbeat_records_each_probed_agent(store: Store, health_dir: Path) -> 
 
     results = beat(store)
 
-    assert set(results) == {"up", "down", "broken"}
-    rows = store.last_heartbeats()
-    assert set(rows) == {"up", "down", "broken"}
-    assert rows["up"].healthy is True
-    assert rows["up"].detail is None
-    assert rows["up"].latency_ms >= 50
-    assert results["up"].latency_ms == rows["up"].latency_ms
-    assert rows["down"].healthy is False
-    assert rows["down"].detail == "probe returned false"
-    assert rows["broken"].healthy is False
-    assert rows["broken"].detail is not None
-    assert rows["broken"].detail.startswith("ConnectionError")
-    assert "refused" in rows["broken"].detail
+    up, down, broken = identity("up"), identity("down"), identity("broken")
+    assert set(results) == {up, down, broken}
+    rows = last_heartbeats(store)
+    assert set(rows) == {up, down, broken}
+    assert rows[up].healthy is True
+    assert rows[up].detail is None
+    assert rows[up].latency_ms >= 50
+    assert results[up].latency_ms == rows[up].latency_ms
+    assert rows[down].healthy is False
+    assert rows[down].detail == "probe returned false"
+    assert rows[broken].healthy is False
+    assert rows[broken].detail is not None
+    assert rows[broken].detail.startswith("ConnectionError")
+    assert "refused" in rows[broken].detail
     for row in rows.values():
         assert row.latency_ms >= 0
         assert row.at is not None
@@ -104,55 +122,94 @@ def test_heartbeat_records_each_probed_agent(store: Store, health_dir: Path) -> 
 
 
 def test_probe_past_its_timeout_is_unhealthy(store: Store, health_dir: Path) -> None:
-    store.register_agents(TEAM, {"sluggish": spec(probe("one", timeout=0.1))})
+    register(store, {"sluggish": spec(probe("one", timeout=0.1))})
     (health_dir / "one.slow").write_text("2")
     started = time.monotonic()
-    results = beat(store)
+    result = beat(store)[identity("ok")]
     assert time.monotonic() - started < 1.0
-    assert results["sluggish"].healthy is False
-    assert results["sluggish"].detail == "probe timed out after 0.1s"
-    assert 90 <= results["sluggish"].latency_ms < 1000
+    assert result.healthy is False
+    assert result.detail == "probe timed out after 0.1s"
+    assert 90 <= result.latency_ms < 1000
 
 
 def test_failed_probes_open_the_breaker_and_a_healthy_one_half_opens_it_after_cool_down(
     store: Store, health_dir: Path
 ) -> None:
-    store.register_agents(
-        TEAM, {"wobbly": spec(probe("one", failures_to_open=2), reset_timeout=0.3)}
-    )
+    register(store, {"wobbly": spec(probe("one", failures_to_open=2), reset_timeout=0.3)})
     breakers = BreakerStore(store)
+    wobbly = identity("ok")
     (health_dir / "one.down").touch()
 
-    assert beat(store)["wobbly"].breaker == CLOSED
-    assert beat(store)["wobbly"].breaker == OPEN
-    view = breakers.get("wobbly")
+    assert beat(store)[wobbly].breaker == CLOSED
+    assert beat(store)[wobbly].breaker == OPEN
+    view = breakers.get(wobbly)
     assert view is not None
     assert view.snapshot.state == OPEN
     assert view.snapshot.last_error is not None
     assert "2 failed health probes" in view.snapshot.last_error
-    assert not breakers.admit("wobbly", AgentSpec.model_validate(spec(None)).breaker).allowed
+    assert not breakers.admit(wobbly, AgentSpec.model_validate(spec(None)).breaker).allowed
+    assert breakers.get("wobbly") is None  # the agent's name keys nothing
 
     # Healthy again, but the cool-down has not passed: still open.
     (health_dir / "one.down").unlink()
-    assert beat(store)["wobbly"].breaker == OPEN
+    assert beat(store)[wobbly].breaker == OPEN
     time.sleep(0.35)
-    assert beat(store)["wobbly"].breaker == HALF_OPEN
-    view = breakers.get("wobbly")
+    assert beat(store)[wobbly].breaker == HALF_OPEN
+    view = breakers.get(wobbly)
     assert view is not None and view.snapshot.state == HALF_OPEN
 
-    beats = [row for row in _all_heartbeats(store) if row.agent == "wobbly"]
+    beats = [row for row in _all_heartbeats(store) if row.identity == wobbly]
     assert [row.healthy for row in beats] == [False, False, True, True]
 
 
 def test_a_healthy_probe_in_between_resets_the_count(store: Store, health_dir: Path) -> None:
-    store.register_agents(TEAM, {"blip": spec(probe("one", failures_to_open=2))})
+    register(store, {"blip": spec(probe("one", failures_to_open=2))})
     down = health_dir / "one.down"
     for healthy in (False, True, False, True, False):
         if healthy:
             down.unlink(missing_ok=True)
         else:
             down.touch()
-        assert beat(store)["blip"].breaker == CLOSED
+        assert beat(store)[identity("ok")].breaker == CLOSED
+
+
+def test_teams_calling_the_same_target_share_one_probe_and_one_breaker(
+    store: Store, health_dir: Path
+) -> None:
+    register(store, {"e": spec(probe("one", failures_to_open=2))}, team="team-a")
+    register(store, {"checker": spec(probe("two"))}, team="team-b")
+    (health_dir / "one.down").touch()
+
+    first = run_heartbeat(store, BreakerStore(store))
+    # One probe for the one thing both teams call: the first team's (by name) check.
+    assert [result.identity for result in first] == [identity("ok")]
+    assert beat(store)[identity("ok")].breaker == OPEN
+    assert len(_all_heartbeats(store)) == 2
+
+    # Team B's agent, named differently, is refused by the same breaker.
+    policy = AgentSpec.model_validate(spec(None)).breaker
+    assert not BreakerStore(store).admit(identity("ok"), policy).allowed
+
+
+def test_same_named_agents_calling_different_targets_are_probed_apart(
+    store: Store, health_dir: Path
+) -> None:
+    register(store, {"e": spec(probe("one", failures_to_open=1), target="ok")}, team="team-a")
+    register(store, {"e": spec(probe("two", failures_to_open=1), target="slow")}, team="team-b")
+    (health_dir / "one.down").touch()
+
+    results = beat(store)
+
+    assert set(results) == {identity("ok"), identity("slow")}
+    assert (results[identity("ok")].healthy, results[identity("ok")].breaker) == (False, OPEN)
+    assert (results[identity("slow")].healthy, results[identity("slow")].breaker) == (
+        True,
+        CLOSED,
+    )
+    policy = AgentSpec.model_validate(spec(None)).breaker
+    breakers = BreakerStore(store)
+    assert not breakers.admit(identity("ok"), policy).allowed
+    assert breakers.admit(identity("slow"), policy).allowed
 
 
 def _all_heartbeats(store: Store) -> list[Any]:
@@ -194,17 +251,18 @@ def health_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, type[_
 
 def test_http_health_check(store: Store, health_server: tuple[str, type[_Health]]) -> None:
     url, handler = health_server
-    store.register_agents(TEAM, {"remote": spec({"url": url, "timeout": 2})})
+    register(store, {"remote": spec({"url": url, "timeout": 2})})
+    remote = identity("ok")
 
-    assert beat(store)["remote"].healthy is True
-    assert store.last_heartbeats()["remote"].healthy is True
-    assert store.last_heartbeats()["remote"].detail is None
+    assert beat(store)[remote].healthy is True
+    assert last_heartbeats(store)[remote].healthy is True
+    assert last_heartbeats(store)[remote].detail is None
 
     handler.status = 503
-    result = beat(store)["remote"]
+    result = beat(store)[remote]
     assert result.healthy is False
     assert result.detail == "HTTP 503"
-    row = store.last_heartbeats()["remote"]
+    row = last_heartbeats(store)[remote]
     assert (row.healthy, row.detail) == (False, "HTTP 503")
 
 
@@ -214,17 +272,17 @@ def test_http_health_check_against_nothing_is_unhealthy(store: Store) -> None:
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]
-    store.register_agents(TEAM, {"gone": spec({"url": f"http://127.0.0.1:{port}/", "timeout": 1})})
-    result = beat(store)["gone"]
+    register(store, {"gone": spec({"url": f"http://127.0.0.1:{port}/", "timeout": 1})})
+    result = beat(store)[identity("ok")]
     assert result.healthy is False
     assert result.detail is not None and result.detail.startswith("ConnectError")
 
 
 def test_no_agents_with_health_checks_means_no_probes(store: Store) -> None:
     assert run_heartbeat(store, BreakerStore(store)) == []
-    store.register_agents(TEAM, {"plain": spec(None)})
+    register(store, {"plain": spec(None)})
     assert run_heartbeat(store, BreakerStore(store)) == []
-    assert store.last_heartbeats() == {}
+    assert last_heartbeats(store) == {}
 
 
 # --- reaper ------------------------------------------------------------------------------------
@@ -345,7 +403,7 @@ def attempt_end(execution_id: str, attempt: int, *, failed: bool = False) -> Att
 def test_finished_execution_is_not_resumed(store: Store) -> None:
     done = new_execution(store, steps=1)
     store.begin_attempt(done, "s0", "worker", 1, "task-1", "worker-a")
-    store.record_success(attempt_end(done, 1), {"ok": True})
+    store.record_success(attempt_end(done, 1), {"ok": True}, Countdown(sink=True))
     store.finish_execution(done, "completed", {"ok": True}, None)
     cancelled = new_execution(store)
     store.cancel_execution(cancelled, "stopped")

@@ -24,7 +24,7 @@ EXAMPLE_TEAM = "examples/code_audit/team.yaml"
 SAMPLE = "examples/code_audit/sample_project"
 CLEAN = "examples/code_audit/clean_project"
 REPORT_KEYS = {"execution_id", "status", "output", "steps"}
-STEP_KEYS = {"id", "agent", "status", "attempts", "duration_ms", "error"}
+STEP_KEYS = {"id", "agent", "status", "attempts", "duration_ms", "error", "parent", "item_index"}
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 

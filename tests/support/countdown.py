@@ -1,4 +1,4 @@
-"""Functions the level-countdown tests run in spawned processes, released together."""
+"""Functions the dependency-countdown tests run in spawned processes, released together."""
 
 from __future__ import annotations
 
@@ -24,11 +24,16 @@ def pool_warm(url: str) -> int:
     return os.getpid()
 
 
-def pool_decide(url: str, execution_id: str, step_id: str, how: str) -> tuple[str, bool | None]:
-    """Wait for every process, then decide one step of level 0 the way ``how`` says:
-    (step id, whether this closed the level; None if the step was decided already)."""
+def pool_decide(
+    url: str, execution_id: str, step_id: str, how: str
+) -> tuple[str, tuple[str, ...] | None]:
+    """Wait for every process, then decide one parent of the join "after" the way
+    ``how`` says: (step id, the steps this write made ready; None if the step was
+    decided already)."""
     from orchestration.constants import SKIP_CONDITION, SKIPPED
-    from orchestration.store.repository import AttemptEnd, AttemptError, now
+    from orchestration.store.repository import AttemptEnd, AttemptError, Countdown, now
+
+    countdown = Countdown(dependents=("after",))
 
     store = _store(url)
     end = AttemptEnd(
@@ -43,19 +48,24 @@ def pool_decide(url: str, execution_id: str, step_id: str, how: str) -> tuple[st
     )
     all_together()
     if how == "success":
-        decided = store.record_success(end, {"step": step_id}, level=0)
+        decided = store.record_success(end, {"step": step_id}, countdown)
     elif how == "failure":
         error = AttemptError(type="Boom", message="boom", outcome="error")
         decided = store.record_failure(
-            AttemptEnd(**{**end.__dict__, "outcome": "error", "error": error}), level=0
+            AttemptEnd(**{**end.__dict__, "outcome": "error", "error": error}), countdown
         )
     elif how == "rejection":
         error = AttemptError(type="CircuitOpen", message="open", outcome="rejected")
-        decided = store.record_rejection(
-            AttemptEnd(**{**end.__dict__, "outcome": "rejected", "error": error}), level=0
+        decided = store.record_failure(
+            AttemptEnd(**{**end.__dict__, "outcome": "rejected", "error": error}), countdown
         )
     else:
-        decided = store.finish_step_without_call(
-            execution_id, step_id, SKIPPED, SKIP_CONDITION, "condition false", 0
+        decided = store.decide_without_call(
+            execution_id,
+            step_id,
+            SKIPPED,
+            countdown,
+            cause=SKIP_CONDITION,
+            reason="condition false",
         )
-    return step_id, None if decided is None else decided.closes_level
+    return step_id, None if decided is None else decided.ready

@@ -79,6 +79,7 @@ class WorkerProcess:
     log_path: Path
     concurrency: int = 2
     cwd: Path = ROOT
+    pool: str = "prefork"
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -91,6 +92,8 @@ class WorkerProcess:
                     "worker",
                     "-c",
                     str(self.concurrency),
+                    "--pool",
+                    self.pool,
                     "-n",
                     self.hostname,
                     "-l",

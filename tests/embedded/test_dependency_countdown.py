@@ -1,5 +1,6 @@
-"""A level of several steps is counted down in the database, and exactly one delegation,
-the one whose write decides the level's last step, learns that it closed the level.
+"""A join's dependencies are counted down in the database, and exactly one delegation,
+the one whose write decides the join's last undecided parent, learns that the join is
+ready: a join with many parents runs exactly once, under redelivery and races.
 
 The race runs in 8 spawned OS processes released together by a barrier, on SQLite and
 on PostgreSQL (where the write is one prepared multi-statement round trip), so the
@@ -67,16 +68,13 @@ def enqueue(url: str, width: int) -> str:
     return execution_id
 
 
-def remaining(url: str, execution_id: str) -> list[tuple[int, int, int]]:
+def waiting(url: str, execution_id: str) -> dict[str, int]:
     with get_engine(url).connect() as connection:
         rows = connection.execute(
-            text(
-                "SELECT level, size, remaining FROM troupe_levels "
-                "WHERE execution_id = :id ORDER BY level"
-            ),
+            text("SELECT step_id, waiting FROM troupe_steps WHERE execution_id = :id"),
             {"id": execution_id},
         )
-        return [tuple(row) for row in rows]
+        return {row[0]: row[1] for row in rows}
 
 
 def race(pool: Any, url: str, execution_id: str, steps: list[str]) -> list[Any]:
@@ -86,23 +84,24 @@ def race(pool: Any, url: str, execution_id: str, steps: list[str]) -> list[Any]:
     return list(pool.starmap_async(countdown.pool_decide, jobs, chunksize=1).get(60))
 
 
-def test_only_levels_of_several_steps_are_counted(url: str) -> None:
+def test_each_step_waits_for_its_own_dependencies(url: str) -> None:
     execution_id = enqueue(url, PROCESSES)
-    # Level 0 holds the 8 parallel steps; level 1 ("after") is one step, moved on by
-    # its chain, so it has no countdown.
-    assert remaining(url, execution_id) == [(0, PROCESSES, PROCESSES)]
+    counts = waiting(url, execution_id)
+    assert counts.pop("after") == PROCESSES
+    assert set(counts.values()) == {0}
 
 
-def test_the_write_that_decides_a_levels_last_step_and_only_it_closes_the_level(
+def test_the_write_that_decides_a_joins_last_parent_and_only_it_makes_the_join_ready(
     url: str, pool: Any
 ) -> None:
     execution_id = enqueue(url, PROCESSES)
     results = race(pool, url, execution_id, [f"s{i}" for i in range(PROCESSES)])
 
-    closers = [sid for sid, closes in results if closes]
-    assert len(closers) == 1, results
-    assert all(closes is not None for _, closes in results), results
-    assert remaining(url, execution_id) == [(0, PROCESSES, 0)]
+    readiers = [sid for sid, ready in results if ready]
+    assert len(readiers) == 1, results
+    assert [ready for _, ready in results if ready] == [("after",)], results
+    assert all(ready is not None for _, ready in results), results
+    assert waiting(url, execution_id)["after"] == 0
 
 
 def test_a_step_decided_twice_is_counted_once(url: str, pool: Any) -> None:
@@ -111,14 +110,17 @@ def test_a_step_decided_twice_is_counted_once(url: str, pool: Any) -> None:
     execution_id = enqueue(url, PROCESSES)
     results = race(pool, url, execution_id, ["s0"] * PROCESSES)
 
-    assert sum(closes is not None for _, closes in results) == 1, results
-    assert not any(closes for _, closes in results), results
-    assert remaining(url, execution_id) == [(0, PROCESSES, PROCESSES - 1)]
+    assert sum(ready is not None for _, ready in results) == 1, results
+    assert not any(ready for _, ready in results), results
+    assert waiting(url, execution_id)["after"] == PROCESSES - 1
 
 
-def test_an_execution_under_way_at_the_upgrade_gets_its_countdowns(tmp_path: Path) -> None:
-    """Migration 0006 counts the undecided steps of every unfinished execution's wide
-    levels, so those executions carry on after the upgrade."""
+def test_an_execution_under_way_at_the_upgrade_gets_its_counts(tmp_path: Path) -> None:
+    """Migration 0007 counts, from its spec, the undecided dependencies of every step of
+    an unfinished execution, and its undecided sinks, so it carries on after the
+    upgrade."""
+    import json
+
     from alembic import command
 
     from orchestration.store.database import _alembic_config
@@ -128,16 +130,34 @@ def test_an_execution_under_way_at_the_upgrade_gets_its_countdowns(tmp_path: Pat
     config = _alembic_config(url)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0005")
-    steps = [("a", 0, "completed"), ("b", 0, "running"), ("c", 0, "pending"), ("d", 1, "pending")]
+        command.upgrade(config, "0006")
+    spec = {
+        "workflow": {
+            "strategy": "dag",
+            "steps": [
+                {"id": "a"},
+                {"id": "b"},
+                {"id": "c"},
+                {"id": "d", "after": ["a", "b", "c"]},
+                {"id": "e", "after": ["a"]},
+            ],
+        }
+    }
+    steps = [
+        ("a", 0, "completed"),
+        ("b", 0, "running"),
+        ("c", 0, "pending"),
+        ("d", 1, "pending"),
+        ("e", 1, "pending"),
+    ]
     with engine.begin() as connection:
         for execution_id, status in (("live", "running"), ("over", "completed")):
             connection.execute(
                 text(
                     "INSERT INTO troupe_executions (id, team, strategy, spec, status, created_at)"
-                    " VALUES (:id, 't', 'dag', '{}', :status, '2026-11-22 10:00:00')"
+                    " VALUES (:id, 't', 'dag', :spec, :status, '2026-11-22 10:00:00')"
                 ),
-                {"id": execution_id, "status": status},
+                {"id": execution_id, "status": status, "spec": json.dumps(spec)},
             )
             for position, (sid, level, step_status) in enumerate(steps):
                 connection.execute(
@@ -151,22 +171,26 @@ def test_an_execution_under_way_at_the_upgrade_gets_its_countdowns(tmp_path: Pat
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     with engine.connect() as connection:
-        rows = connection.execute(
-            text("SELECT execution_id, level, size, remaining FROM troupe_levels")
-        ).all()
+        counts = dict(
+            connection.execute(
+                text("SELECT step_id, waiting FROM troupe_steps WHERE execution_id = 'live'")
+            ).all()
+        )
+        sinks = dict(connection.execute(text("SELECT id, sinks_left FROM troupe_executions")).all())
     engine.dispose()
-    assert [tuple(row) for row in rows] == [("live", 0, 3, 2)]
+    assert counts == {"a": 0, "b": 0, "c": 0, "d": 2, "e": 0}
+    assert sinks == {"live": 2, "over": 0}
 
 
-def test_a_level_whose_closer_died_before_moving_on_resumes_from_the_next_level(
+def test_a_join_whose_readier_died_before_sending_it_resumes_with_only_the_join(
     runtime: Any,
 ) -> None:
-    """The delegation that decided a level's last step died between its commit and the
-    publish of the next level: the execution stalls until the reaper resumes it, which
-    publishes only what is left (the next level), and nothing decided runs again."""
+    """The delegation that decided a join's last parent died between its commit and the
+    publish of the join: the execution stalls until the reaper resumes it, which sends
+    only what is left (the join), and nothing decided runs again."""
     from orchestration import Team
     from orchestration.constants import START_TASK
-    from orchestration.store.repository import AttemptEnd, now
+    from orchestration.store.repository import AttemptEnd, Countdown, now
     from tests.support.teams import team_yaml
 
     team = Team.from_yaml(
@@ -181,13 +205,13 @@ def test_a_level_whose_closer_died_before_moving_on_resumes_from_the_next_level(
     runtime.store.create_execution(
         execution_id, team.spec.model_dump(mode="json"), team.plan, {"n": 1}
     )
-    closed = []
+    ready = []
     for sid in ("a", "b"):
         end = AttemptEnd(execution_id, sid, 1, "echo", f"task-{sid}", "died", now(), 1)
-        decided = runtime.store.record_success(end, {"from": sid}, level=0)
+        decided = runtime.store.record_success(end, {"from": sid}, Countdown(("c",)))
         assert decided is not None
-        closed.append(decided.closes_level)
-    assert closed == [False, True]
+        ready.append(decided.ready)
+    assert ready == [(), ("c",)]
 
     # What the reaper sends once the execution has been still for the stall timeout.
     runtime.app.send_task(

@@ -1,0 +1,1 @@
+"""The delegation engine's decisions, free of Celery and I/O."""

@@ -1,0 +1,217 @@
+"""What a delegation does with the state it read, before any call: a pure function.
+
+The delegation's shell (``workers.delegation``) reads one step's row, its execution's
+status and input, and the rows of the steps it depends on; ``decide`` turns that into
+one decision, and the shell carries it out. Nothing here touches the database, the
+broker or the clock: ``now`` is passed in, so every rule is tested on built state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchestration.step_state import StepState
+from workflows.conditions import ListExpressionError, compile_condition, evaluate_list
+from workflows.plan import PlannedStep
+from workflows.status import STEP_FINAL, AttemptOutcome, ExecutionStatus, SkipCause, StepStatus
+
+
+@dataclass(frozen=True)
+class View:
+    """The state one delegation read."""
+
+    step: PlannedStep  # the plan step (a map item's: its map step)
+    row: StepState
+    rows: Mapping[str, StepState]
+    execution_status: str
+    input: Any
+    # The attempt the message names, and the step's latest recorded attempt if that is
+    # this one or a later one (a redelivered, duplicated or resumed message).
+    attempt: int
+    recorded: AttemptState | None
+    # The Celery task id of the message being handled: an open attempt recorded under
+    # it belongs to a run of this very message that stopped (its worker died).
+    task_id: str | None
+    # An open attempt recorded under this task id may be taken over at once (the
+    # message was redelivered, or a re-drive after its redelivery sent it).
+    orphaned_by: str | None
+    lease_ttl: float
+    # Lost attempts so far: they count against the retry policy.
+    lost: int
+    max_attempts: int
+    now: datetime  # timezone-aware, as are the datetimes of ``row`` and ``recorded``
+
+
+@dataclass(frozen=True)
+class AttemptState:
+    attempt: int
+    outcome: str | None
+    task_id: str | None
+    started_at: datetime
+    heartbeat_at: datetime | None
+
+
+# --- decisions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Redrive:
+    """The step was decided already (a redelivered or duplicate message): send on
+    whatever its decision made ready, in case the copy that decided it died first."""
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A copy of an attempt that ended: its successor was queued separately."""
+
+
+@dataclass(frozen=True)
+class Decide:
+    """Decide the step without calling an agent (skipped or cancelled)."""
+
+    status: StepStatus
+    cause: SkipCause | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Expand:
+    """A map step whose list is known: add one step per item (none: it completes)."""
+
+    values: list[Any]
+
+
+@dataclass(frozen=True)
+class Join:
+    """A map step whose items are all decided: its result is theirs."""
+
+
+@dataclass(frozen=True)
+class SendItems:
+    """A map step still waiting for items (a redelivered copy of its message): send
+    its released undecided items again, in case their messages died with a worker."""
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Fail the step without a call, audited as a refused attempt."""
+
+    attempt: int
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LookLater:
+    """Another copy may still be running this attempt: look again when its lease would
+    have expired."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Call:
+    """Call the agent: this attempt, after marking ``lost`` (if any) as lost."""
+
+    attempt: int
+    lost: int | None
+    deadline: datetime | None
+
+
+Decision = Redrive | Stale | Decide | Expand | Join | SendItems | Refuse | LookLater | Call
+
+
+def decide(view: View) -> Decision:
+    row, step = view.row, view.step
+    is_item = row.step_id != step.id
+    if row.status in STEP_FINAL:
+        return Redrive()
+    if view.execution_status == ExecutionStatus.CANCELLED:
+        return Decide(StepStatus.CANCELLED, None, "execution cancelled")
+    if not is_item and step.map is not None and row.fan_out is not None:
+        return Join() if row.waiting <= 0 else SendItems()
+    if row.status == StepStatus.PENDING and not is_item:
+        blocked_by = failed_dependency(step, view.rows)
+        if blocked_by:
+            return Decide(
+                StepStatus.SKIPPED,
+                SkipCause.UPSTREAM,
+                f"upstream step {blocked_by!r} did not complete",
+            )
+        if step.when:
+            outcome = compile_condition(step.when).evaluate(view.input, condition_view(view))
+            if not outcome.value:
+                return Decide(StepStatus.SKIPPED, SkipCause.CONDITION, outcome.reason)
+    if not is_item and step.map is not None:
+        try:
+            values = evaluate_list(
+                compile_condition(step.map.for_each), view.input, condition_view(view)
+            )
+        except ListExpressionError as exc:
+            return Refuse(max(1, view.attempt), "ForEachError", str(exc))
+        return Expand(values)
+
+    attempt, lost = view.attempt, None
+    recorded = view.recorded
+    if recorded is not None:
+        # The step's latest recorded attempt, at or past the one the message names.
+        ours = recorded.task_id is not None and recorded.task_id in (
+            view.task_id,
+            view.orphaned_by,
+        )
+        if recorded.outcome is not None:
+            if not (ours and recorded.outcome == AttemptOutcome.LOST):
+                return Stale()  # that attempt ended; its successor was queued separately
+            # A run of this message marked it lost, then died before the next attempt.
+            attempt = recorded.attempt + 1
+        else:
+            if not ours:
+                lease = recorded.heartbeat_at or recorded.started_at
+                remaining = view.lease_ttl - (view.now - lease).total_seconds()
+                if remaining > 0:
+                    return LookLater(remaining + 0.1)
+            lost, attempt = recorded.attempt, recorded.attempt + 1
+    if attempt > view.max_attempts and (lost is not None or view.lost):
+        # Lost attempts count against the retry policy: a step whose attempts keep
+        # killing their process must end.
+        return Refuse(
+            attempt,
+            "WorkerLost",
+            f"{view.lost + (lost is not None)} of {attempt - 1} attempts ended with their "
+            "worker process (killed, or the agent exited it); no attempts left",
+        )
+    deadline = step_deadline(row, step, view.now)
+    if deadline is not None and view.now >= deadline:
+        return Refuse(attempt, "DeadlineExceeded", f"step deadline of {step.deadline:g}s passed")
+    return Call(attempt, lost, deadline)
+
+
+def failed_dependency(step: PlannedStep, rows: Mapping[str, StepState]) -> str | None:
+    for dep in step.deps:
+        row = rows[dep]
+        if row.status in (StepStatus.FAILED, StepStatus.CANCELLED):
+            return dep
+        if row.status == StepStatus.SKIPPED and row.skip_cause == SkipCause.UPSTREAM:
+            return dep
+    return None
+
+
+def condition_view(view: View) -> dict[str, dict[str, Any]]:
+    steps: dict[str, dict[str, Any]] = {}
+    for sid in view.step.visible:
+        row = view.rows[sid]
+        entry: dict[str, Any] = {"status": row.status}
+        if row.status == StepStatus.COMPLETED:
+            entry["output"] = row.output
+        steps[sid] = entry
+    return steps
+
+
+def step_deadline(row: StepState, step: PlannedStep, now: datetime) -> datetime | None:
+    if step.deadline is None:
+        return None
+    started = row.started_at or now
+    return started + timedelta(seconds=step.deadline)

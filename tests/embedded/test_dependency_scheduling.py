@@ -1,0 +1,124 @@
+"""Each step starts when its own dependencies are decided, and map steps grow the plan
+while it runs. Embedded mode: the Python API, an in-process worker, SQLite state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestration import ExecutionReport, Team
+from tests.support.teams import team_yaml
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(strategy: str, steps: list[dict[str, Any]], input: Any = None) -> ExecutionReport:
+    team = Team.from_yaml(team_yaml(strategy, steps), source="test-team.yaml")
+    return team.run(input, timeout=30)
+
+
+def outputs_of(runtime: Any, report: ExecutionReport) -> dict[str, Any]:
+    return {row.step_id: row.output for row in runtime.store.steps(report.execution_id)}
+
+
+def test_a_step_does_not_wait_for_a_branch_it_does_not_depend_on(runtime: Any) -> None:
+    """Two branches, a_slow → b_fast and c_fast → d_slow: d_slow starts as soon as
+    c_fast ends, while a_slow still runs, and the run takes about one slow step."""
+    slow = "1.0"
+    report = run(
+        "dag",
+        [
+            {"id": "a_slow", "agent": "timed", "task": slow},
+            {"id": "b_fast", "agent": "timed", "after": ["a_slow"]},
+            {"id": "c_fast", "agent": "timed"},
+            {"id": "d_slow", "agent": "timed", "task": slow, "after": ["c_fast"]},
+        ],
+    )
+    assert report.status == "completed", report
+    out = outputs_of(runtime, report)
+    # d_slow started before a_slow ended: no barrier between the two branches.
+    assert out["d_slow"]["started"] < out["a_slow"]["ended"] - 0.5, out
+    assert out["b_fast"]["started"] >= out["a_slow"]["ended"], out
+    assert out["d_slow"]["started"] >= out["c_fast"]["ended"], out
+    makespan = max(o["ended"] for o in out.values()) - min(o["started"] for o in out.values())
+    # The critical path is one slow step; two in a row would be 2 s.
+    assert makespan < 1.6, makespan
+
+
+def test_a_map_step_runs_one_delegation_per_item_and_keeps_item_order(runtime: Any) -> None:
+    items = ["a", "b", {"sleep": 0.2}, "d", "e"]
+    report = run(
+        "dag",
+        [
+            {"id": "split", "agent": "split"},
+            {
+                "id": "each",
+                "agent": "per_item",
+                "for_each": "steps.split.output.files",
+                "max_parallel": 2,
+            },
+        ],
+        input=items,
+    )
+    assert report.status == "completed", report
+    # Outputs in item order, whatever order the items finished in.
+    assert report.output == [
+        {"item": item, "index": index, "attempt": 1} for index, item in enumerate(items)
+    ]
+    ids = [step.id for step in report.steps]
+    assert ids == ["split", "each", *(f"each[{i}]" for i in range(5))], ids
+    steps = {step.id: step for step in report.steps}
+    assert steps["each[2]"].parent == "each"
+    assert steps["each[2]"].item_index == 2
+
+
+def test_a_map_over_an_empty_list_gives_an_empty_list(runtime: Any) -> None:
+    report = run(
+        "dag",
+        [
+            {"id": "split", "agent": "split"},
+            {"id": "each", "agent": "per_item", "for_each": "steps.split.output.files"},
+        ],
+        input=[],
+    )
+    assert report.status == "completed", report
+    assert report.output == []
+    assert [step.id for step in report.steps] == ["split", "each"]
+
+
+def test_a_failed_item_fails_the_map_unless_failures_are_allowed(runtime: Any) -> None:
+    steps: list[dict[str, Any]] = [
+        {"id": "split", "agent": "split"},
+        {"id": "each", "agent": "per_item", "for_each": "steps.split.output.files"},
+        {"id": "after", "agent": "echo", "after": ["each"]},
+    ]
+    failed = run("dag", steps, input=["ok", "bad", "ok"])
+    assert failed.status == "failed", failed
+    by_id = {step.id: step for step in failed.steps}
+    assert by_id["each"].status == "failed"
+    assert "item 1 failed" in (by_id["each"].error or "")
+    assert by_id["after"].status == "skipped"
+
+    steps[1] = {**steps[1], "allow_failures": True}
+    tolerated = run("dag", steps[:2], input=["ok", "bad", "ok"])
+    assert tolerated.status == "completed", tolerated
+    assert tolerated.output == [
+        {"item": "ok", "index": 0, "attempt": 1},
+        None,
+        {"item": "ok", "index": 2, "attempt": 1},
+    ]
+
+
+def test_a_for_each_that_is_not_a_list_fails_the_step_with_the_reason(runtime: Any) -> None:
+    report = run(
+        "dag",
+        [
+            {"id": "split", "agent": "split"},
+            {"id": "each", "agent": "per_item", "for_each": "steps.split.output"},
+        ],
+        input=["x"],
+    )
+    assert report.status == "failed"
+    each = {step.id: step for step in report.steps}["each"]
+    assert each.error is not None and "not a list" in each.error, each
