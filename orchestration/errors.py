@@ -96,6 +96,11 @@ class HeartbeatTimeout(AttemptTimeout):
         super().__init__(seconds, f"agent sent no heartbeat for {seconds:g}s")
 
 
+class AgentExited(AgentError):
+    """The agent's code raised SystemExit or KeyboardInterrupt: that attempt failed (and
+    may be retried), the worker process carries on."""
+
+
 class CircuitOpen(AgentError):
     """The agent's breaker is open: the call was not made."""
 

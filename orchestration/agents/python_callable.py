@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from orchestration.agents.call import AgentCall, AgentResult
-from orchestration.errors import AgentLoadError, PermanentAgentError
+from orchestration.errors import AgentExited, AgentLoadError, PermanentAgentError
 
 
 @lru_cache(maxsize=512)
@@ -40,9 +40,18 @@ class PythonCallableAgent:
         self._function = load_target(target)
 
     def invoke(self, call: AgentCall) -> AgentResult:
-        value = self._function(call)
-        if inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
+        try:
+            value = self._function(call)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Raised by the agent's own code: its attempt fails. Left alone, it would
+            # end the pool process (or the embedded worker's thread) and the message
+            # would be delivered again, without end.
+            raise AgentExited(
+                f"{self.target} raised {type(exc).__name__}"
+                + (f"({exc.args[0]!r})" if exc.args else "")
+            ) from None
         result = value if isinstance(value, AgentResult) else AgentResult(output=value)
         _require_json(result.output, self.target)
         return result

@@ -22,6 +22,7 @@ from orchestration import ExecutionReport, Team
 from orchestration.resilience.breaker import CLOSED, OPEN
 from orchestration.store.breakers import BreakerStore
 from tests.support.resilience_agents import call_count, calls
+from tests.support.teams import team_yaml
 
 TARGETS = "tests.support.resilience_agents"
 
@@ -411,3 +412,21 @@ def test_cancel_during_a_sequential_run_never_calls_the_remaining_agents(
     assert [call_count(tmp_path, name) for name in names] == [1, 0, 0, 0]
     assert {row.step_id for row in runtime.store.attempts(handle.execution_id)} == {"s0"}
     assert handle.cancel() is False
+
+
+@pytest.mark.parametrize("agent_name", ["exits", "interrupts"])
+def test_an_agent_that_exits_fails_its_attempts_not_the_worker(
+    runtime: Any, agent_name: str
+) -> None:
+    """SystemExit or KeyboardInterrupt from an agent is that attempt's failure: retried
+    under the policy, then the step fails with a message that says so, and the run ends."""
+    team = Team.from_yaml(
+        team_yaml("sequential", [{"id": "bye", "agent": agent_name}]), source="exit.yaml"
+    )
+    report = team.run(None, timeout=20)
+    assert report.status == "failed", report
+    (step,) = report.steps
+    assert step.attempts == 3
+    assert step.error is not None and step.error.startswith("AgentExited: "), step.error
+    expected = "SystemExit(3)" if agent_name == "exits" else "KeyboardInterrupt"
+    assert expected in step.error

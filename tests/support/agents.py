@@ -6,6 +6,9 @@ the test process, in ``manage.py`` subprocesses and in worker processes alike.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,13 @@ AGENT_NAMES = (
     "sleep_then_mark",
     "count_issues",
     "noop",
+    "timed",
+    "async_timed",
+    "split",
+    "per_item",
+    "exits",
+    "interrupts",
+    "kills_its_process",
 )
 
 
@@ -91,3 +101,47 @@ def count_issues(call: Any) -> dict[str, int]:
 
 def noop(call: Any) -> None:
     return None
+
+
+def timed(call: Any) -> dict[str, Any]:
+    """Sleeps the number of seconds its task says ("0.5"; none: 0) and reports when it
+    started and ended (epoch seconds), so a test can assert what ran when."""
+    started = time.time()
+    time.sleep(float(call.task or 0))
+    return {"step": call.step_id, "started": started, "ended": time.time()}
+
+
+async def async_timed(call: Any) -> dict[str, Any]:
+    """``timed``, as a coroutine: waits on the event loop, holding no thread."""
+    started = time.time()
+    await asyncio.sleep(float(call.task or 0))
+    return {"step": call.step_id, "started": started, "ended": time.time()}
+
+
+def split(call: Any) -> dict[str, Any]:
+    """``{"files": input}`` for a list input (a map step's list), else ``{"files": []}``."""
+    return {"files": call.input if isinstance(call.input, list) else []}
+
+
+def per_item(call: Any) -> dict[str, Any]:
+    """A map item's work: its item and index. The item "bad" fails it for good; a
+    mapping item with "sleep" sleeps that long first."""
+    if call.item == "bad":
+        raise PermanentAgentError(f"cannot handle item {call.index}")
+    if isinstance(call.item, dict) and "sleep" in call.item:
+        time.sleep(float(call.item["sleep"]))
+    return {"item": call.item, "index": call.index, "attempt": call.attempt}
+
+
+def exits(call: Any) -> None:
+    """Calls sys.exit, as a script's main function might."""
+    sys.exit(3)
+
+
+def interrupts(call: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def kills_its_process(call: Any) -> None:
+    """Ends its process at once, as a crash in native code would."""
+    os._exit(1)
