@@ -49,6 +49,7 @@ def _measure(args: argparse.Namespace) -> int:
 
     from orchestration import Team
     from orchestration.runtime import get_runtime
+    from orchestration.store.agent_registry import AgentRegistry
     from workers.tasks import delegation
     from workflows.plan import build_plan
 
@@ -58,13 +59,17 @@ def _measure(args: argparse.Namespace) -> int:
     team = Team.from_yaml(text)
     plan = build_plan(team.spec)
     execution_id = f"profile-{os.getpid()}"
-    runtime.store.register_agents(team.name, team.spec.model_dump(mode="json")["agents"])
+    AgentRegistry(runtime.store).register_agents(
+        team.name, team.spec.model_dump(mode="json")["agents"]
+    )
     runtime.store.create_execution(execution_id, team.spec.model_dump(mode="json"), plan, {"n": 1})
     if args.breaker_open:
+        from orchestration.agents.identity import agent_identity
         from orchestration.store.breakers import BreakerStore
 
-        policy = team.spec.agents["noop"].breaker
-        BreakerStore(runtime.store).force_open("noop", policy, "profile: opened on purpose")
+        noop = team.spec.agents["noop"]
+        reason = "profile: opened on purpose"
+        BreakerStore(runtime.store).force_open(agent_identity(noop), noop.breaker, reason)
     counts = {"statements": 0, "commits": 0}
 
     def on_statement(*_: Any) -> None:

@@ -6,12 +6,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from orchestration.agents.identity import agent_identity
 from orchestration.handle import ExecutionHandle
 from orchestration.report import ExecutionReport
 from orchestration.resilience.breaker import CLOSED
 from orchestration.runtime import get_runtime
 from orchestration.settings import get_settings
 from orchestration.spec import TeamSpec
+from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.repository import spec_digest
 from orchestration.team_file import load_team, parse_team
@@ -56,7 +58,7 @@ class Team:
             runtime.ensure_worker()
         execution_id = str(uuid.uuid4())
         spec, digest = self._spec_json()
-        runtime.store.register_agents(self.name, spec["agents"])
+        AgentRegistry(runtime.store).register_agents(self.name, spec["agents"])
         runtime.store.create_execution(execution_id, spec, self.plan, input, digest)
         from workers.publish import first_messages, publish
 
@@ -73,11 +75,12 @@ class Team:
         return cached
 
     def open_breakers(self) -> dict[str, str]:
-        """Agents of this team whose breaker is not closed, with why."""
+        """Agents of this team whose breaker (that of what they call) is not closed,
+        with why."""
         breakers = BreakerStore(get_runtime().store)
         found = {}
-        for name in self.spec.agents:
-            view = breakers.get(name)
+        for name, agent in self.spec.agents.items():
+            view = breakers.get(agent_identity(agent))
             if view is not None and view.snapshot.state != CLOSED:
                 detail = view.snapshot.last_error or "no detail"
                 found[name] = f"{view.snapshot.state} ({detail})"

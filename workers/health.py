@@ -1,6 +1,11 @@
-"""The beat heartbeat: probe every registered agent's health check, record it, and feed
-its breaker (consecutive failed probes open it; a healthy probe after the cool-down
-half-opens it)."""
+"""The beat heartbeat: probe each identity (what registered agents call) once, record it,
+and feed that identity's breaker (consecutive failed probes open it; a healthy probe after
+the cool-down half-opens it).
+
+Agents of several teams that call the same thing share one probe. When they declare
+different health checks or breaker policies, the first of them by team and name that has
+a health check is the one used.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +19,23 @@ from orchestration.agents.python_callable import load_target
 from orchestration.errors import AttemptTimeout
 from orchestration.resilience.time_limit import call_with_time_limit
 from orchestration.spec import AgentSpec, HealthCheck
+from orchestration.store.agent_registry import AgentRegistry, by_identity
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.repository import Store
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    agent: str
+    identity: str
     healthy: bool
     latency_ms: int
     detail: str | None
     breaker: str
+
+    @property
+    def agent(self) -> str:
+        """The identity, under the name the heartbeat task reports it as."""
+        return self.identity
 
 
 def probe(check: HealthCheck) -> tuple[bool, str | None]:
@@ -47,29 +58,32 @@ def probe(check: HealthCheck) -> tuple[bool, str | None]:
 
 
 def run_heartbeat(store: Store, breakers: BreakerStore) -> list[ProbeResult]:
-    agents = []
-    for row in store.agents():
-        spec = AgentSpec.model_validate(row.spec)
-        if spec.health is not None:
-            agents.append((row.name, spec))
-    if not agents:
+    registry = AgentRegistry(store)
+    probed = []
+    for identity, rows in by_identity(registry.agents()).items():
+        for row in rows:
+            spec = AgentSpec.model_validate(row.spec)
+            if spec.health is not None:
+                probed.append((identity, spec))
+                break
+    if not probed:
         return []
 
     def one(item: tuple[str, AgentSpec]) -> ProbeResult:
-        name, spec = item
+        identity, spec = item
         assert spec.health is not None
         started = time.perf_counter()
         healthy, detail = probe(spec.health)
         latency = int((time.perf_counter() - started) * 1000)
-        store.record_heartbeat(name, healthy, latency, detail)
+        registry.record_heartbeat(identity, healthy, latency, detail)
         state = breakers.record_probe(
-            name,
+            identity,
             spec.breaker,
             healthy=healthy,
             failures_to_open=spec.health.failures_to_open,
             detail=detail,
         )
-        return ProbeResult(name, healthy, latency, detail, state)
+        return ProbeResult(identity, healthy, latency, detail, state)
 
-    with ThreadPoolExecutor(max_workers=min(8, len(agents))) as pool:
-        return list(pool.map(one, agents))
+    with ThreadPoolExecutor(max_workers=min(8, len(probed))) as pool:
+        return list(pool.map(one, probed))

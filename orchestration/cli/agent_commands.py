@@ -1,9 +1,15 @@
-"""Commands about agents' health: breakers, agents."""
+"""Commands about agents' health: breakers, agents.
+
+Both list identities (what agents call: orchestration.agents.identity), each with the
+agent names and teams that use it: that is what a breaker and a heartbeat belong to.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 import click
 from rich.console import Console
@@ -12,7 +18,9 @@ from rich.table import Table
 from orchestration.cli import exit_codes
 from orchestration.resilience.breaker import CLOSED
 from orchestration.runtime import get_runtime
+from orchestration.store.agent_registry import AgentRegistry, by_identity
 from orchestration.store.breakers import BreakerStore, aware
+from orchestration.store.models import AgentRow
 from orchestration.store.repository import now
 
 
@@ -21,17 +29,28 @@ def _when(value: datetime | None) -> str:
     return stamp.isoformat(timespec="seconds") if stamp else ""
 
 
+def _used_by(rows: Iterable[AgentRow]) -> list[dict[str, str]]:
+    return [{"team": row.team, "agent": row.name} for row in rows]
+
+
+def _users_text(users: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{user['team']}/{user['agent']}" for user in users)
+
+
 @click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def breakers(context: click.Context, as_json: bool) -> int:
-    """List every circuit breaker (or `breakers reset AGENT`)."""
+    """List every circuit breaker: what it guards and who calls it (or `breakers reset`)."""
     if context.invoked_subcommand is not None:
         return exit_codes.COMPLETED
-    views = BreakerStore(get_runtime().store).all()
-    rows = [
+    store = get_runtime().store
+    views = BreakerStore(store).all()
+    users = by_identity(AgentRegistry(store).agents())
+    rows: list[dict[str, Any]] = [
         {
-            "agent": view.key,
+            "identity": view.key,
+            "used_by": _used_by(users.get(view.key, ())),
             "state": view.snapshot.state,
             "failures": view.snapshot.consecutive_failures,
             "window": view.snapshot.outcomes,
@@ -48,11 +67,13 @@ def breakers(context: click.Context, as_json: bool) -> int:
         click.echo("no breakers yet: every agent is closed")
         return exit_codes.COMPLETED
     table = Table()
-    for column in ("agent", "state", "failures", "opened at", "next trial", "last error"):
+    columns = ("identity", "used by", "state", "failures", "opened at", "next trial", "last error")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(
-            str(row["agent"]),
+            str(row["identity"]),
+            _users_text(row["used_by"]),
             str(row["state"]),
             str(row["failures"]),
             str(row["opened_at"] or ""),
@@ -64,12 +85,30 @@ def breakers(context: click.Context, as_json: bool) -> int:
 
 
 @breakers.command()
-@click.argument("agent")
-def reset(agent: str) -> int:
-    """Close AGENT's breaker by hand."""
-    if not BreakerStore(get_runtime().store).reset(agent):
-        raise click.UsageError(f"no breaker for agent {agent!r}")
-    click.echo(f"breaker of {agent!r} closed")
+@click.argument("what")
+def reset(what: str) -> int:
+    """Close a breaker by hand. WHAT is an identity, or an agent name: then the breakers
+    of everything agents of that name call, in any team."""
+    store = get_runtime().store
+    breaker_store = BreakerStore(store)
+    if breaker_store.reset(what):
+        click.echo(f"breaker of {what!r} closed")
+        return exit_codes.COMPLETED
+    named = by_identity(row for row in AgentRegistry(store).agents() if row.name == what)
+    if not named:
+        raise click.UsageError(f"no breaker for {what!r}: neither an identity nor an agent name")
+    closed = [identity for identity in named if breaker_store.reset(identity)]
+    if not closed:
+        calls = ", ".join(named)
+        raise click.UsageError(f"no breaker for agent {what!r} (it calls {calls})")
+    for identity in closed:
+        teams = ", ".join(row.team for row in named[identity])
+        click.echo(f"breaker of {identity!r} closed (agent {what!r} of {teams})")
+    if len(named) > 1:
+        click.echo(
+            f"agent {what!r} calls {len(named)} different things across teams: "
+            f"closed {len(closed)} breaker(s)"
+        )
     return exit_codes.COMPLETED
 
 
@@ -77,21 +116,24 @@ def reset(agent: str) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--window", default=3600.0, show_default=True, help="Seconds of recent calls.")
 def agents(as_json: bool, window: float) -> int:
-    """Each agent's health, last heartbeat, breaker and recent success rate."""
+    """What registered agents call, who calls it, its health, last heartbeat, breaker
+    and recent success rate."""
     store = get_runtime().store
+    registry = AgentRegistry(store)
     breaker_views = {view.key: view for view in BreakerStore(store).all()}
-    beats = store.last_heartbeats()
-    outcomes = store.recent_outcomes(now() - timedelta(seconds=window))
-    rows = []
-    for agent in store.agents():
-        beat = beats.get(agent.name)
-        view = breaker_views.get(agent.name)
-        ok, total = outcomes.get(agent.name, (0, 0))
-        has_probe = bool(agent.spec.get("health"))
+    beats = registry.last_heartbeats()
+    outcomes = registry.recent_outcomes(now() - timedelta(seconds=window))
+    rows: list[dict[str, Any]] = []
+    for identity, users in by_identity(registry.agents()).items():
+        beat = beats.get(identity)
+        view = breaker_views.get(identity)
+        counts = [outcomes.get((user.team, user.name), (0, 0)) for user in users]
+        ok, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        has_probe = any(user.spec.get("health") for user in users)
         rows.append(
             {
-                "agent": agent.name,
-                "team": agent.team,
+                "identity": identity,
+                "used_by": _used_by(users),
                 "health": ("healthy" if beat.healthy else "unhealthy")
                 if beat
                 else ("not probed yet" if has_probe else "no health check"),
@@ -109,13 +151,14 @@ def agents(as_json: bool, window: float) -> int:
         click.echo("no agents yet: run a team first")
         return exit_codes.COMPLETED
     table = Table()
-    for column in ("agent", "team", "health", "last heartbeat", "breaker", "calls", "success"):
+    columns = ("identity", "used by", "health", "last heartbeat", "breaker", "calls", "success")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         rate = row["success_rate"]
         table.add_row(
-            str(row["agent"]),
-            str(row["team"]),
+            str(row["identity"]),
+            _users_text(row["used_by"]),
             str(row["health"]),
             str(row["last_heartbeat"] or ""),
             str(row["breaker"]),

@@ -7,6 +7,8 @@ admit a trial: a dispatch it rejects costs no read either. Every transition this
 makes invalidates the entry; transitions made by other workers (a reset, a healthy probe)
 are seen within ``ttl``. HALF_OPEN always goes to the database, so trial admissions stay
 exact.
+
+Keys are identities (orchestration.agents.identity), as in BreakerStore.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Every update names the version it read (or, for admissions, the exact condition that
 must still hold), so concurrent workers on PostgreSQL or SQLite never both win.
+
+A breaker's key is the identity of what is called (orchestration.agents.identity:
+``agent_identity(spec)``), never an agent's name: every team calling the same thing
+shares its breaker.
 """
 
 from __future__ import annotations
@@ -93,7 +97,8 @@ class BreakerStore:
 
     @_retrying
     def admit(self, key: str, policy: BreakerPolicy, at: datetime | None = None) -> Admission:
-        """May a call to this agent go ahead? Claims a trial slot when HALF_OPEN."""
+        """May a call to what ``key`` identifies go ahead? Claims a trial slot when
+        HALF_OPEN."""
         stamp = at or now()
         for _ in range(_CAS_ATTEMPTS):
             with self._store.session() as session, session.begin():
@@ -110,7 +115,7 @@ class BreakerStore:
                             allowed=False,
                             state=OPEN,
                             retry_at=trial_at,
-                            reason=f"circuit open for agent {key!r} until "
+                            reason=f"circuit open for {key!r} until "
                             f"{trial_at.isoformat(timespec='milliseconds')}",
                         )
                     moved = session.execute(
@@ -152,7 +157,7 @@ class BreakerStore:
                     allowed=False,
                     state=HALF_OPEN,
                     retry_at=stamp + timedelta(seconds=retry_in),
-                    reason=f"circuit half-open for agent {key!r}: "
+                    reason=f"circuit half-open for {key!r}: "
                     f"{policy.half_open_max_calls} trial call(s) already running",
                 )
         raise RuntimeError(f"breaker {key!r}: too much contention")  # pragma: no cover

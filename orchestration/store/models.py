@@ -122,6 +122,7 @@ class BreakerRow(Base):
 
     __tablename__ = "troupe_breakers"
 
+    # The identity of what is called (orchestration.agents.identity), not an agent's name.
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
@@ -137,22 +138,27 @@ class BreakerRow(Base):
 
 
 class AgentRow(Base):
-    """Agents seen in enqueued teams: what the beat heartbeat probes."""
+    """Agents seen in enqueued teams, one row per agent of each team, with the identity
+    of what it calls (orchestration.agents.identity): the heartbeat probes each identity
+    once, and one identity lists every name and team that uses it."""
 
     __tablename__ = "troupe_agents"
 
+    team: Mapped[str] = mapped_column(String(200), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    team: Mapped[str] = mapped_column(String(200))
+    identity: Mapped[str] = mapped_column(String(200), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime]
 
 
 class HeartbeatRow(Base):
+    """One health probe of an identity (what agents call, not an agent's name)."""
+
     __tablename__ = "troupe_heartbeats"
-    __table_args__ = (Index("ix_troupe_heartbeats_agent_at", "agent", "at"),)
+    __table_args__ = (Index("ix_troupe_heartbeats_identity_at", "identity", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    agent: Mapped[str] = mapped_column(String(200))
+    identity: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime]
     healthy: Mapped[bool] = mapped_column(Boolean)
     latency_ms: Mapped[int] = mapped_column(Integer)

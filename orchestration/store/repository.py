@@ -43,10 +43,8 @@ from orchestration.store import hot_statements as hot
 from orchestration.store import prepared
 from orchestration.store.database import get_engine, get_hot_engine
 from orchestration.store.models import (
-    AgentRow,
     AttemptRow,
     ExecutionRow,
-    HeartbeatRow,
     StepRow,
 )
 from workflows.plan import ExecutionPlan
@@ -766,74 +764,6 @@ class Store:
                     select(ExecutionRow).where(ExecutionRow.status.in_([PENDING, RUNNING]))
                 )
             )
-
-    @_retrying
-    def register_agents(self, team: str, agents: dict[str, dict[str, Any]]) -> None:
-        """Remember the team's agents so the heartbeat knows whom to probe."""
-        fingerprint = (team, json.dumps(agents, sort_keys=True))
-        if fingerprint in self._registered:
-            return  # this process registered exactly these agents already
-        self._register(team, agents)
-        self._registered.add(fingerprint)
-
-    def _register(self, team: str, agents: dict[str, dict[str, Any]]) -> None:
-        stamp = now()
-        with self.session() as session, session.begin():
-            for name, spec in agents.items():
-                row = session.get(AgentRow, name)
-                if row is None:
-                    session.add(AgentRow(name=name, team=team, spec=spec, updated_at=stamp))
-                elif row.spec != spec or row.team != team:
-                    row.spec, row.team, row.updated_at = spec, team, stamp
-
-    @_retrying
-    def agents(self) -> list[AgentRow]:
-        with self.session() as session:
-            return list(session.scalars(select(AgentRow).order_by(AgentRow.name)))
-
-    @_retrying
-    def record_heartbeat(
-        self, agent: str, healthy: bool, latency_ms: int, detail: str | None
-    ) -> None:
-        with self.session() as session, session.begin():
-            session.add(
-                HeartbeatRow(
-                    agent=agent, at=now(), healthy=healthy, latency_ms=latency_ms, detail=detail
-                )
-            )
-
-    @_retrying
-    def last_heartbeats(self) -> dict[str, HeartbeatRow]:
-        with self.session() as session:
-            latest = (
-                select(HeartbeatRow.agent, func.max(HeartbeatRow.id).label("id"))
-                .group_by(HeartbeatRow.agent)
-                .subquery()
-            )
-            rows = session.scalars(
-                select(HeartbeatRow).join(latest, HeartbeatRow.id == latest.c.id)
-            )
-            return {row.agent: row for row in rows}
-
-    @_retrying
-    def recent_outcomes(self, since: datetime) -> dict[str, tuple[int, int]]:
-        """Per agent: (successful attempts, finished attempts) since a moment."""
-        with self.session() as session:
-            rows = session.execute(
-                select(AttemptRow.agent, AttemptRow.outcome, func.count())
-                .where(
-                    AttemptRow.started_at >= since,
-                    AttemptRow.outcome.is_not(None),
-                    # A dispatch the breaker refused never reached the agent.
-                    AttemptRow.outcome != OUTCOME_REJECTED,
-                )
-                .group_by(AttemptRow.agent, AttemptRow.outcome)
-            )
-            totals: dict[str, tuple[int, int]] = {}
-            for agent, outcome, count in rows:
-                ok, total = totals.get(agent, (0, 0))
-                totals[agent] = (ok + (count if outcome == OUTCOME_SUCCESS else 0), total + count)
-            return totals
 
     @_retrying
     def pending_task_ids(self, execution_id: str) -> list[str]:

@@ -17,6 +17,8 @@ from tests.support.services import describe, run_manage
 pytestmark = pytest.mark.timeout(60)
 
 TARGETS = "tests.support.resilience_agents"
+# The identities of the agents calling TARGETS' `fail` and `ok`.
+FAIL_TARGET, OK_TARGET = f"python:{TARGETS}:fail", f"python:{TARGETS}:ok"
 ONE_TRY = {"max_attempts": 1, "initial_delay": 0.01, "max_delay": 0.01, "jitter": "none"}
 
 
@@ -106,19 +108,23 @@ def test_open_breaker_is_listed_warned_about_and_reset(
     assert "RuntimeError" in row
     assert "steady" not in table.stdout  # it never failed: no breaker row
 
+    # The breaker is that of what `flaky` calls, and says who calls it.
     listed = json_of(run_manage(["breakers", "--json"], cli_env))
-    assert [entry["agent"] for entry in listed] == ["flaky"]
+    assert [entry["identity"] for entry in listed] == [FAIL_TARGET]
     [entry] = listed
+    assert entry["used_by"] == [{"team": "fragile", "agent": "flaky"}]
     assert entry["state"] == "open"
     assert entry["failures"] == 1
     assert entry["opened_at"] and entry["next_trial_at"]
     assert entry["next_trial_at"] > entry["opened_at"]
     assert entry["last_error"].startswith("RuntimeError: flaky is down")
 
-    # agents: registered agents with their success rate and breaker state.
-    agents = {a["agent"]: a for a in json_of(run_manage(["agents", "--json"], cli_env))}
-    assert set(agents) == {"flaky", "steady"}
-    assert agents["flaky"]["team"] == agents["steady"]["team"] == "fragile"
+    # agents: what registered agents call, with their success rate and breaker state.
+    listed = {a["identity"]: a for a in json_of(run_manage(["agents", "--json"], cli_env))}
+    assert set(listed) == {FAIL_TARGET, OK_TARGET}
+    agents = {entry["used_by"][0]["agent"]: entry for entry in listed.values()}
+    assert agents["flaky"]["used_by"] == [{"team": "fragile", "agent": "flaky"}]
+    assert agents["steady"]["used_by"] == [{"team": "fragile", "agent": "steady"}]
     assert agents["flaky"]["breaker"] == "open"
     assert agents["flaky"]["recent_calls"] == 1
     assert agents["flaky"]["success_rate"] == 0.0
@@ -160,6 +166,142 @@ def test_open_breaker_is_listed_warned_about_and_reset(
     steps = {step["id"]: step for step in json_of(third)["steps"]}
     assert steps["a"]["error"].startswith("RuntimeError")
     assert call_count(tmp_path, "flaky") == 2
+
+
+# --- identities: what agents call, and who calls it ---------------------------------------
+
+
+def seed_two_teams(state_dir: Path) -> Any:
+    """Team alpha's `e` and team beta's `scan` call the same target; beta's `e` calls
+    another. Alpha's `e` failed once and beta's `scan` succeeded once; the shared
+    target's breaker is open. Returns the BreakerStore of the CLI's state database."""
+    from orchestration.store.agent_registry import AgentRegistry
+    from orchestration.store.breakers import BreakerStore
+    from orchestration.store.database import ensure_schema
+    from orchestration.store.models import AttemptRow, ExecutionRow
+    from orchestration.store.repository import Store, now
+
+    url = f"sqlite:///{(state_dir / 'troupe.db').resolve()}"
+    ensure_schema(url, auto_upgrade=True)
+    store = Store(url)
+    registry = AgentRegistry(store)
+    registry.register_agents("alpha", {"e": agent("fail"), "steady": agent("ok")})
+    registry.register_agents("beta", {"scan": agent("fail"), "e": agent("ok")})
+    stamp = now()
+    with store.session() as session, session.begin():
+        for team in ("alpha", "beta"):
+            session.add(
+                ExecutionRow(
+                    id=team,
+                    team=team,
+                    strategy="parallel",
+                    spec={},
+                    status="failed",
+                    created_at=stamp,
+                )
+            )
+        session.flush()  # the executions first: attempts refer to them
+        session.add(
+            AttemptRow(
+                execution_id="alpha",
+                step_id="a",
+                attempt=1,
+                agent="e",
+                started_at=stamp,
+                outcome="error",
+            )
+        )
+        session.add(
+            AttemptRow(
+                execution_id="beta",
+                step_id="b",
+                attempt=1,
+                agent="scan",
+                started_at=stamp,
+                outcome="success",
+            )
+        )
+    breakers = BreakerStore(store)
+    open_breaker(breakers, FAIL_TARGET)
+    return breakers
+
+
+def open_breaker(breakers: Any, identity: str) -> None:
+    from orchestration.spec import BreakerPolicy
+
+    breakers.force_open(identity, BreakerPolicy(reset_timeout=600), "RuntimeError: down")
+
+
+def test_breakers_and_agents_show_identities_with_their_names_and_teams(
+    cli_env: dict[str, str],
+) -> None:
+    seed_two_teams(Path(cli_env["TROUPE_STATE_DIR"]))
+
+    [entry] = json_of(run_manage(["breakers", "--json"], cli_env))
+    assert entry["identity"] == FAIL_TARGET
+    assert entry["used_by"] == [{"team": "alpha", "agent": "e"}, {"team": "beta", "agent": "scan"}]
+    assert entry["state"] == "open"
+    table = run_manage(["breakers"], cli_env)
+    assert table.returncode == 0, describe(table)
+    row = line_with(table.stdout, FAIL_TARGET)
+    assert "alpha/e, beta/scan" in row and "open" in row
+
+    listed = {a["identity"]: a for a in json_of(run_manage(["agents", "--json"], cli_env))}
+    assert set(listed) == {FAIL_TARGET, OK_TARGET}
+    shared = listed[FAIL_TARGET]
+    assert shared["used_by"] == entry["used_by"]
+    assert shared["breaker"] == "open"
+    # One failure of alpha's `e` and one success of beta's `scan`: one target, 50 %.
+    assert (shared["recent_calls"], shared["success_rate"]) == (2, 0.5)
+    other = listed[OK_TARGET]
+    assert other["used_by"] == [
+        {"team": "alpha", "agent": "steady"},
+        {"team": "beta", "agent": "e"},
+    ]
+    assert (other["breaker"], other["recent_calls"]) == ("closed", 0)
+    agents_table = run_manage(["agents"], cli_env)
+    assert agents_table.returncode == 0, describe(agents_table)
+    row = line_with(agents_table.stdout, FAIL_TARGET)
+    assert "alpha/e, beta/scan" in row and "open" in row and "50%" in row
+    assert "alpha/steady, beta/e" in line_with(agents_table.stdout, OK_TARGET)
+
+
+def test_reset_takes_an_identity_or_a_name_and_a_name_resets_all_it_calls(
+    cli_env: dict[str, str],
+) -> None:
+    breakers = seed_two_teams(Path(cli_env["TROUPE_STATE_DIR"]))
+    open_breaker(breakers, OK_TARGET)
+
+    def states() -> dict[str, str]:
+        listed = json_of(run_manage(["breakers", "--json"], cli_env))
+        return {entry["identity"]: entry["state"] for entry in listed}
+
+    # `e` is alpha's (the failing target) and beta's (the other): both close.
+    by_name = run_manage(["breakers", "reset", "e"], cli_env)
+    assert by_name.returncode == 0, describe(by_name)
+    assert FAIL_TARGET in by_name.stdout and OK_TARGET in by_name.stdout
+    assert "2 different things" in by_name.stdout
+    assert states() == {FAIL_TARGET: "closed", OK_TARGET: "closed"}
+
+    open_breaker(breakers, FAIL_TARGET)
+    by_identity = run_manage(["breakers", "reset", FAIL_TARGET], cli_env)
+    assert by_identity.returncode == 0, describe(by_identity)
+    assert "closed" in by_identity.stdout
+    assert states() == {FAIL_TARGET: "closed", OK_TARGET: "closed"}
+
+    # `scan` calls only the failing target: the other breaker is left alone.
+    open_breaker(breakers, FAIL_TARGET)
+    open_breaker(breakers, OK_TARGET)
+    by_scan = run_manage(["breakers", "reset", "scan"], cli_env)
+    assert by_scan.returncode == 0, describe(by_scan)
+    assert states() == {FAIL_TARGET: "closed", OK_TARGET: "open"}
+
+
+def test_reset_of_a_name_whose_target_has_no_breaker_exits_2(cli_env: dict[str, str]) -> None:
+    seed_two_teams(Path(cli_env["TROUPE_STATE_DIR"]))
+    result = run_manage(["breakers", "reset", "steady"], cli_env)
+    assert result.returncode == 2, describe(result)
+    one_error_line(result, "steady", OK_TARGET)
 
 
 def test_reset_of_an_unknown_agent_exits_2(cli_env: dict[str, str]) -> None:

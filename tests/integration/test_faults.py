@@ -333,6 +333,8 @@ def test_breaker_opens_rejects_and_recovers_across_two_workers(
     cluster.start(first, second)
     hostnames = {first.name, second.name}
     threshold, width = 3, 12
+    # The breaker and the heartbeat belong to what `svc` calls, not to its name.
+    svc_identity = "python:tests.support.faults:flagged"
     agents = {
         "svc": agent_entry(
             "tests.support.faults:flagged",
@@ -376,7 +378,7 @@ def test_breaker_opens_rejects_and_recovers_across_two_workers(
         # A third process reads the shared state.
         listing, breakers = run_json(["breakers"], env)
         assert listing.returncode == 0, describe(listing)
-        (svc,) = [b for b in breakers if b["agent"] == "svc"]
+        (svc,) = [b for b in breakers if b["identity"] == svc_identity]
         assert svc["state"] == "open", breakers
         assert svc["failures"] >= threshold
 
@@ -397,7 +399,7 @@ def test_breaker_opens_rejects_and_recovers_across_two_workers(
         assert sum(r["outcome"] == "rejected" for r in second_rows) == width - trial_calls
         rejected += [r for r in second_rows if r["outcome"] == "rejected"]
         assert {r["worker"] for r in rejected} == hostnames, "rejections seen by both workers"
-        assert breaker_row(faults_db, "svc")["state"] == "open"  # type: ignore[index]
+        assert breaker_row(faults_db, svc_identity)["state"] == "open"  # type: ignore[index]
         made += trial_calls
 
         # Beat probes the health check: still down, so the breaker stays open...
@@ -406,21 +408,22 @@ def test_breaker_opens_rejects_and_recovers_across_two_workers(
         wait_for(
             lambda: query(
                 faults_db,
-                "SELECT 1 FROM troupe_heartbeats WHERE agent = 'svc' AND NOT healthy",
+                "SELECT 1 FROM troupe_heartbeats WHERE identity = :svc AND NOT healthy",
+                svc=svc_identity,
             ),
             30,
             "a failed health probe",
             details=beat.tail,
         )
-        assert breaker_row(faults_db, "svc")["state"] == "open"  # type: ignore[index]
+        assert breaker_row(faults_db, svc_identity)["state"] == "open"  # type: ignore[index]
         # ...until the service is back: after the cool-down a healthy probe half-opens it.
         flag.write_text(UP, encoding="utf-8")
         flipped = time.monotonic()
         wait_for(
-            lambda: (breaker_row(faults_db, "svc") or {}).get("state") == "half_open",
+            lambda: (breaker_row(faults_db, svc_identity) or {}).get("state") == "half_open",
             15,
             "a healthy probe to half-open the breaker",
-            details=lambda: str(breaker_row(faults_db, "svc")),
+            details=lambda: str(breaker_row(faults_db, svc_identity)),
         )
         print(f"breaker half-open {time.monotonic() - flipped:.2f}s after the flag flipped")
         assert len(events(calls, "call")) == made, "the probe half-opens without calling"
@@ -435,7 +438,7 @@ def test_breaker_opens_rejects_and_recovers_across_two_workers(
         assert result.returncode == 0, describe(result)
         assert report["status"] == "completed"
         listing, breakers = run_json(["breakers"], env)
-        (svc,) = [b for b in breakers if b["agent"] == "svc"]
+        (svc,) = [b for b in breakers if b["identity"] == svc_identity]
         assert svc["state"] == "closed", breakers
         assert svc["failures"] == 0
         result, report = run_json(
