@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     # and delivers its messages again.
     consumer_timeout: float = Field(default=1800.0, gt=0)
     heartbeat_interval: float = Field(default=30.0, gt=0)
-    # How often the reaper looks for lost work.
-    reap_interval: float = Field(default=30.0, gt=0)
+    # Every worker reaps this often (beat's schedule too): with the lease below, a step
+    # whose worker was killed is resumed within about 15 + 10 seconds.
+    reap_interval: float = Field(default=10.0, gt=0)
     # A running attempt renews its lease this often; one silent for 3 intervals is lost.
     lease_interval: float = Field(default=5.0, gt=0)
     # An attempt still running after this long is recorded as started and its lease

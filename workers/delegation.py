@@ -29,6 +29,7 @@ from orchestration.resilience.classify import classify
 from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
 from orchestration.spec import AgentSpec, TeamSpec, WhenOpen
 from orchestration.step_state import StepState, record_of
+from orchestration.agents.identity import agent_identity
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
 from orchestration.store.repository import (
@@ -352,13 +353,13 @@ class Delegation:
             self.store.mark_attempt_lost(delivery.execution_id, delivery.step_id, call.lost)
         name = state.step.agent
         agent = state.team.agents[name]
-        admission = self.breakers.admit(name, agent.breaker)
+        admission = self.breakers.admit(agent_identity(agent), agent.breaker)
         if not admission.allowed:
             mode = agent.when_open
             reason = admission.reason or f"circuit open for agent {name!r}"
             if mode is WhenOpen.FALLBACK and agent.fallback is not None:
                 fallback = state.team.agents[agent.fallback]
-                second = self.breakers.admit(agent.fallback, fallback.breaker)
+                second = self.breakers.admit(agent_identity(fallback), fallback.breaker)
                 if second.allowed:
                     return self._call(state, call, agent.fallback, fallback, second)
                 reason = f"{reason}; fallback {agent.fallback!r}: {second.reason}"
@@ -446,17 +447,17 @@ class Delegation:
             # call was interrupted (in a helper thread, it goes on unrecorded); look
             # again when the other copy's lease would have expired.
             if admission.trial:
-                self.breakers.store.release_trial(name)
+                self.breakers.store.release_trial(agent_identity(agent))
             return Outcome(retry=self._later(self.limits.lease_ttl, attempt, delivery))
         except _BookkeepingFailed as own:
             if admission.trial:
-                self.breakers.store.release_trial(name)
+                self.breakers.store.release_trial(agent_identity(agent))
             raise own.error from None
         except Exception as exc:  # every agent failure is classified and recorded
             seconds = time.perf_counter() - started
             failure = classify(exc, agent.retry)
             self.breakers.record_call(
-                name,
+                agent_identity(agent),
                 agent.breaker,
                 failed=is_failure(agent.breaker, failure.breaker_failure, seconds),
                 trial=admission.trial,
@@ -499,7 +500,7 @@ class Delegation:
             return state.continuation(decided, finalized=state.finishes)
         seconds = time.perf_counter() - started
         self.breakers.record_call(
-            name,
+            agent_identity(agent),
             agent.breaker,
             failed=is_failure(agent.breaker, False, seconds),
             trial=admission.trial,

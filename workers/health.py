@@ -32,11 +32,6 @@ class ProbeResult:
     detail: str | None
     breaker: str
 
-    @property
-    def agent(self) -> str:
-        """The identity, under the name the heartbeat task reports it as."""
-        return self.identity
-
 
 def probe(check: HealthCheck) -> tuple[bool, str | None]:
     try:

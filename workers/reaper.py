@@ -9,6 +9,9 @@ resumed too: their messages were lost with a broker or a worker.
 
 from __future__ import annotations
 
+import logging
+import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +20,8 @@ from orchestration.constants import RETRYING
 from orchestration.store.breakers import aware
 from orchestration.store.models import StepRow
 from orchestration.store.repository import Store, now
+
+log = logging.getLogger("troupe.reaper")
 
 
 @dataclass
@@ -41,9 +46,11 @@ def reap(
     orphaned = {execution_id for execution_id, _, _ in report.lost_attempts}
     for execution in store.unfinished_executions():
         if execution.id in orphaned:
-            # Its attempt's worker died: nothing else will send the step again.
-            resume(execution.id)
-            report.resumed.append(execution.id)
+            # Its attempt's worker died: nothing else will send the step again. (Another
+            # reaper that marked a different attempt lost a moment ago resumes it once.)
+            if store.claim_resume(execution.id, stamp - timedelta(seconds=1)):
+                resume(execution.id)
+                report.resumed.append(execution.id)
             continue
         # Attempts still open now hold a live lease (expired ones were just marked lost).
         running, latest_attempt = store.attempt_activity(execution.id)
@@ -55,7 +62,12 @@ def reap(
         last = _last_activity(steps, aware(execution.created_at) or stamp)
         if latest_attempt is not None:
             last = max(last, latest_attempt)
-        if (stamp - last).total_seconds() >= stall_timeout:
+        resumed = aware(execution.resumed_at)
+        if resumed is not None:
+            last = max(last, resumed)
+        if (stamp - last).total_seconds() >= stall_timeout and store.claim_resume(
+            execution.id, stamp - timedelta(seconds=stall_timeout)
+        ):
             resume(execution.id)
             report.resumed.append(execution.id)
     return report
@@ -78,3 +90,30 @@ def _last_activity(steps: list[StepRow], created: datetime) -> datetime:
             if stamp is not None:
                 moments.append(stamp)
     return max(moments)
+
+
+class ReaperThread:
+    """The reaper in every worker process that consumes delegations: recovery does not
+    depend on beat being alive. Runs every ``interval`` seconds (with jitter, so that
+    workers started together do not reap in step); ``run`` is one reap."""
+
+    def __init__(self, run: Callable[[], object], interval: float) -> None:
+        self._run = run
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="troupe-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval * random.uniform(0.8, 1.2)):
+            try:
+                self._run()
+            except Exception:
+                # A reap that failed (the database restarting, say) is tried again at
+                # the next interval; the thread must outlive it.
+                log.exception("reaper: this round failed; next in %.0fs", self._interval)

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from orchestration.constants import (
     DELEGATE_TASK,
@@ -29,6 +29,7 @@ from workers.app import app
 from workers.delegation import Delegation, Delivery, Limits, Outcome, RetryLater, team_of
 from workers.health import run_heartbeat
 from workers.publish import TaskMessage, delegation_message, first_messages, publish
+from workers.reaper import ReaperThread
 from workers.reaper import reap as reap_lost_work
 from workflows.outcome import decide_outcome
 from workflows.scheduling import resumption
@@ -282,14 +283,42 @@ def heartbeat() -> list[dict[str, Any]]:
     """Beat: probe every agent with a health check and feed its breaker."""
     state = store()
     return [
-        {"agent": r.agent, "healthy": r.healthy, "latency_ms": r.latency_ms, "breaker": r.breaker}
+        {
+            "identity": r.identity,
+            "healthy": r.healthy,
+            "latency_ms": r.latency_ms,
+            "breaker": r.breaker,
+        }
         for r in run_heartbeat(state, BreakerStore(state))
     ]
 
 
+_reaper: ReaperThread | None = None
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    """Every worker reaps (in its main process): recovery needs no beat."""
+    global _reaper
+    if _reaper is None:
+        _reaper = ReaperThread(reap_once, get_settings().reap_interval)
+        _reaper.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()
+
+
 @app.task(name=REAP_TASK)
 def reap() -> dict[str, Any]:
-    """Beat: mark attempts of dead workers lost, resume stalled executions."""
+    """Beat: mark attempts of dead workers lost, resume stalled executions (every worker
+    also does this itself; beat's schedule is a second, optional trigger)."""
+    return reap_once()
+
+
+def reap_once() -> dict[str, Any]:
     settings = get_settings()
     report = reap_lost_work(
         store(),

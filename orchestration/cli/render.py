@@ -105,12 +105,14 @@ def print_result(console: Console, report: ExecutionReport) -> None:
 
 def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: str) -> None:
     console.print(Text(f"{source}: team {spec.name!r} is valid", style="green"))
+    # Depth: the longest chain of dependencies before a step. Steps start when their own
+    # dependencies are decided, not a depth at a time.
     console.print(
-        f"strategy: {plan.strategy.value}; {len(plan.steps)} steps in "
-        f"{len(plan.levels)} level{'s' if len(plan.levels) != 1 else ''}"
+        f"strategy: {plan.strategy.value}; {len(plan.steps)} steps, critical path "
+        f"{len(plan.levels)} step{'s' if len(plan.levels) != 1 else ''} long"
     )
     table = Table(show_lines=False)
-    for column in ("level", "step", "agent", "after", "when", "time limit", "retry"):
+    for column in ("depth", "step", "agent", "after", "when / for each", "time limit", "retry"):
         table.add_column(column)
     for step in sorted(plan.steps, key=lambda s: (s.level, s.position)):
         agent = spec.agents[step.agent]
@@ -120,7 +122,14 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
             step.id,
             step.agent,
             ", ".join(step.deps),
-            step.when or "",
+            " ".join(
+                part
+                for part in (
+                    step.when or "",
+                    f"for each {step.map.for_each}" if step.map is not None else "",
+                )
+                if part
+            ),
             f"{agent.timeout:g}s",
             f"{policy.max_attempts}× {policy.initial_delay:g}→{policy.max_delay:g}s "
             f"{policy.jitter.value}",

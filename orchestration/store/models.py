@@ -48,6 +48,8 @@ class ExecutionRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
+    # When a reaper last resumed it (compare-and-set: one reaper at a time).
+    resumed_at: Mapped[datetime | None]
 
 
 class StepRow(Base):

@@ -757,6 +757,22 @@ class Store:
         return bool(row[0]), max(moments) if moments else None
 
     @_retrying
+    def claim_resume(self, execution_id: str, not_since: datetime) -> bool:
+        """Record that this reaper resumes the execution, unless one did after
+        ``not_since`` (several workers reap at once: one of them resumes it)."""
+        with self.engine.begin() as connection:
+            claimed = connection.execute(
+                plain_update(ExecutionRow)
+                .where(
+                    ExecutionRow.id == execution_id,
+                    ExecutionRow.status.not_in(EXECUTION_FINAL),
+                    or_(ExecutionRow.resumed_at.is_(None), ExecutionRow.resumed_at < not_since),
+                )
+                .values(resumed_at=now())
+            )
+            return bool(claimed.rowcount)
+
+    @_retrying
     def unfinished_executions(self) -> list[ExecutionRow]:
         with self.session() as session:
             return list(

@@ -334,7 +334,7 @@ def test_validate_prints_the_plan(cli_env: dict[str, str]) -> None:
     assert result.returncode == 0, describe(result)
     out = result.stdout
     assert "team 'code-audit' is valid" in out
-    assert "strategy: conditional; 5 steps in 3 levels" in out
+    assert "strategy: conditional; 5 steps, critical path 3 steps long" in out
     assert "output from: report" in out
     rows = {}
     for line in out.splitlines():

@@ -1,9 +1,9 @@
 """How a delegation keeps its promises, end to end on the embedded runtime.
 
 The agents (tests.support.resilience_agents) write one line per call into a directory
-passed in the input, so "the agent was not called" is counted, not assumed. Breakers are
-global per agent name in the shared embedded database, so every test names its agents
-afresh.
+passed in the input, so "the agent was not called" is counted, not assumed. Breakers
+belong to what is called and live in the shared embedded database, so every agent here
+calls a target of its own (``fail__<tag>``: see resilience_agents.__getattr__).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from orchestration import ExecutionReport, Team
+from orchestration.agents.identity import agent_identity
 from orchestration.resilience.breaker import CLOSED, OPEN
 from orchestration.store.breakers import BreakerStore
 from tests.support.resilience_agents import call_count, calls
@@ -35,7 +36,8 @@ def unique(role: str) -> str:
 
 def agent(target: str, *, timeout: float = 10, **fields: Any) -> dict[str, Any]:
     retry = {"jitter": "none", **FAST, **fields.pop("retry", {})}
-    return {"target": f"{TARGETS}:{target}", "timeout": timeout, "retry": retry, **fields}
+    own_target = f"{TARGETS}:{target}__{uuid.uuid4().hex[:8]}"
+    return {"target": own_target, "timeout": timeout, "retry": retry, **fields}
 
 
 def team(
@@ -61,8 +63,13 @@ def aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def breaker_state(runtime: Any, name: str) -> str:
-    view = BreakerStore(runtime.store).get(name)
+def breaker_of(runtime: Any, t: Team, name: str) -> Any:
+    """The view of the breaker of what agent ``name`` of team ``t`` calls."""
+    return BreakerStore(runtime.store).get(agent_identity(t.spec.agents[name]))
+
+
+def breaker_state(runtime: Any, t: Team, name: str) -> str:
+    view = breaker_of(runtime, t, name)
     return CLOSED if view is None else view.snapshot.state
 
 
@@ -93,7 +100,7 @@ def test_breaker_opens_after_the_threshold_and_then_rejects_without_calling(
     assert call_count(tmp_path, flaky) == 2
     outcomes = [row.outcome for row in runtime.store.attempts(first.execution_id)]
     assert outcomes == ["error", "error", "rejected"]
-    assert breaker_state(runtime, flaky) == OPEN
+    assert breaker_state(runtime, t, flaky) == OPEN
 
     for _ in range(2):
         later = run(t, tmp_path)
@@ -117,7 +124,7 @@ def test_when_open_wait_reschedules_after_the_cool_down(runtime: Any, tmp_path: 
         [{"id": "s", "agent": name}],
     )
     assert run(t, tmp_path).status == "failed"
-    view = BreakerStore(runtime.store).get(name)
+    view = breaker_of(runtime, t, name)
     assert view is not None and view.snapshot.state == OPEN
     assert view.snapshot.next_trial_at is not None
     trial_at = view.snapshot.next_trial_at
@@ -132,7 +139,7 @@ def test_when_open_wait_reschedules_after_the_cool_down(runtime: Any, tmp_path: 
     assert aware(row.started_at) >= trial_at
     assert call_count(tmp_path, name) == 2
     # The trial call succeeded: closed again.
-    assert breaker_state(runtime, name) == CLOSED
+    assert breaker_state(runtime, t, name) == CLOSED
 
 
 @pytest.mark.timeout(20)
@@ -158,7 +165,7 @@ def test_fallback_takes_the_call_while_the_breaker_is_open(runtime: Any, tmp_pat
         (primary, "error"),
         (backup, "success"),
     ]
-    assert breaker_state(runtime, primary) == OPEN
+    assert breaker_state(runtime, t, primary) == OPEN
 
     # While it stays open, the fallback gets the first attempt; the primary is not called.
     again = run(t, tmp_path)
@@ -184,7 +191,7 @@ def test_permanent_errors_do_not_open_the_breaker(runtime: Any, tmp_path: Path) 
         assert step.attempts == 1
         assert step.error is not None and step.error.startswith("PermanentAgentError"), step
     assert call_count(tmp_path, name) == 4
-    assert breaker_state(runtime, name) == CLOSED
+    assert breaker_state(runtime, t, name) == CLOSED
     # The agent is still called: nothing was rejected.
     again = run(t, tmp_path)
     assert all(s.error and s.error.startswith("PermanentAgentError") for s in again.steps)

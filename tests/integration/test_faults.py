@@ -208,9 +208,16 @@ def test_kill_9_of_a_worker_mid_delegation_recovers_on_the_other_worker(
             f"kill-nine-{shape}",
             strategy,
             steps,
-            {"recorder": agent_entry("tests.support.faults:record", timeout=5)},
+            # A lost attempt counts against the retry policy: two attempts, one lost.
+            {
+                "recorder": agent_entry(
+                    "tests.support.faults:record",
+                    timeout=6,
+                    retry={"max_attempts": 2, "initial_delay": 0, "max_delay": 0},
+                )
+            },
         )
-        execution_id = enqueue(team, env, {"log": str(calls), "sleep": {"victim": 2.0}})
+        execution_id = enqueue(team, env, {"log": str(calls), "sleep": {"victim": 5.0}})
 
         # The victim's agent has recorded its side effect, and its attempt row says where.
         def victim_running() -> dict[str, Any] | None:

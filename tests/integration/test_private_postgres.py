@@ -307,3 +307,97 @@ def test_run_survives_a_postgresql_restart(
                 os.killpg(client.pid, signal.SIGKILL)
             client.wait(5)
         cluster.stop_all()
+
+
+@pytest.mark.timeout(120)
+def test_parallel_delegations_ride_out_an_outage_and_a_starved_pool_at_default_settings(
+    private_postgres: PrivatePostgres,
+    redis_url: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """40 delegations at once on a threads pool that may open 4 connections (so most
+    wait for one), and PostgreSQL stopped for 3 s while they run, at default settings:
+    every step completes, with exactly one success row each; nothing is left pending."""
+    pg = private_postgres
+    database = "troupe_starved"
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    admin = create_engine(pg.url("postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{database}"'))
+        connection.execute(text(f'CREATE DATABASE "{database}"'))
+    admin.dispose()
+    database_url = pg.url(database)
+    env = subprocess_env(
+        {
+            "TROUPE_BROKER_URL": redis_url,
+            "TROUPE_DATABASE_URL": database_url,
+            "TROUPE_QUEUE": f"troupe-starved-{PID}",
+            "TROUPE_STATE_DIR": str(tmp_path / "state"),
+        }
+    )
+    upgrade = run_manage(["db", "upgrade"], env)
+    assert upgrade.returncode == 0, describe(upgrade)
+    cluster = Cluster(request.node)
+    worker = worker_service(
+        {**env, "TROUPE_DB_CONNECTIONS": "4"}, f"starved-{PID}", tmp_path, concurrency=40
+    )
+    worker.args = [*worker.args, "--pool", "threads"]
+    cluster.start(worker)
+    calls = tmp_path / "calls.jsonl"
+    ids = [f"p{i:02d}" for i in range(40)]
+    team = write_team_file(
+        tmp_path,
+        "starved",
+        "parallel",
+        [(sid, "steady") for sid in ids],
+        {"steady": agent_entry("tests.support.faults:record", timeout=30)},
+    )
+    client: subprocess.Popen[str] | None = None
+    try:
+        with cluster.dump_on_failure():
+            wait_ready([worker])
+            client = subprocess.Popen(
+                [
+                    PYTHON,
+                    str(MANAGE),
+                    "run-team",
+                    str(team),
+                    "--json",
+                    "--timeout",
+                    "90",
+                    "--input-json",
+                    json.dumps({"log": str(calls), "sleep": 1.0}),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            wait_for(
+                lambda: len(events(calls, "start")) >= 10,
+                30,
+                "delegations under way before the outage",
+                details=worker.tail,
+            )
+            pg.pg_ctl("stop", "-m", "fast")
+            time.sleep(3.0)
+            pg.pg_ctl("start")
+            stdout, stderr = client.communicate(timeout=90)
+            result = subprocess.CompletedProcess(client.args, client.returncode, stdout, stderr)
+            assert client.returncode == 0, describe(result)
+            report = json.loads(stdout)
+            assert report["status"] == "completed", report
+            rows = attempt_rows(database_url, report["execution_id"])
+            successes = Counter(r["step_id"] for r in rows if r["outcome"] == "success")
+            assert successes == Counter(ids), rows
+    finally:
+        if client is not None and client.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(client.pid, signal.SIGKILL)
+            client.wait(5)
+        cluster.stop_all()

@@ -25,6 +25,17 @@ from tests.support.barrier_pool import all_together
 HEALTH_DIR_VARIABLE = "RESILIENCE_TEST_HEALTH_DIR"
 
 
+def __getattr__(name: str) -> Any:
+    """``<agent>__<tag>`` is the agent ``<agent>`` under a target of its own. Breakers
+    belong to targets, so a test that wants a breaker nobody else shares calls e.g.
+    ``tests.support.resilience_agents:fail__3f2a``."""
+    base, tagged, _ = name.partition("__")
+    function = globals().get(base) if tagged and base else None
+    if callable(function):
+        return function
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # --- call counting -------------------------------------------------------------------------
 
 
