@@ -20,8 +20,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from orchestration.agents.call import AgentCall
+from orchestration.agents.identity import agent_identity
 from orchestration.agents.registry import build_adapter
-from orchestration.constants import COMPLETED, FAILED, OUTCOME_REJECTED
+from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
 from orchestration.engine import decisions as d
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
@@ -29,7 +30,6 @@ from orchestration.resilience.classify import classify
 from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
 from orchestration.spec import AgentSpec, TeamSpec, WhenOpen
 from orchestration.step_state import StepState, record_of
-from orchestration.agents.identity import agent_identity
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
 from orchestration.store.repository import (
@@ -43,7 +43,7 @@ from orchestration.store.repository import (
 from workflows.outcome import StepRecord, decide_outcome
 from workflows.plan import ExecutionPlan, PlannedStep, build_plan
 from workflows.scheduling import expand_map, join_items, released_after
-from workflows.status import STEP_FINAL, ExecutionStatus, StepStatus
+from workflows.status import EXECUTION_FINAL, STEP_FINAL, ExecutionStatus, StepStatus
 
 
 class _NotOurs(Exception):
@@ -222,10 +222,50 @@ class Delegation:
         state = _State(team, step, row, rows, view, delivery, execution_status)
         return self._carry_out(d.decide(view), state)
 
+    def internal_error(self, delivery: Delivery, error: Exception) -> Outcome:
+        """Record an error Troupe raised while deciding or recording the step as that
+        attempt's failure: retried under the agent's policy, then the step fails."""
+        store = self.store
+        team = team_of(store, delivery.execution_id)
+        step = team.plan.step(map_step_of(delivery.step_id))
+        agent = team.agents[step.agent]
+        row = store.steps_by_id(delivery.execution_id, [delivery.step_id])[delivery.step_id]
+        if row.status in STEP_FINAL:
+            return Outcome()
+        message = f"{type(error).__name__}: {error}"[:2000]
+        end = AttemptEnd(
+            execution_id=delivery.execution_id,
+            step_id=delivery.step_id,
+            attempt=delivery.attempt,
+            agent=step.agent,
+            task_id=delivery.task_id,
+            worker=delivery.worker,
+            started_at=now(),
+            duration_ms=0,
+            outcome=OUTCOME_ERROR,
+            error=AttemptError("InternalError", message, OUTCOME_ERROR),
+        )
+        if delivery.attempt < agent.retry.max_attempts:
+            delay = next_delay(
+                agent.retry, delivery.attempt, delivery.previous_delay, random.Random()
+            )
+            store.record_retry(end, now() + timedelta(seconds=delay))
+            return Outcome(retry=self._later(delay, delivery.attempt + 1, delivery))
+        if step.id != delivery.step_id:
+            countdown = Countdown(dependents=tuple(row.dependents or ()))
+        else:
+            countdown = Countdown(dependents=step.dependents, sink=step.sink)
+        decided = store.record_failure(end, countdown)
+        if decided is None:
+            return Outcome()
+        return Outcome(send=tuple((sid, 1) for sid in decided.ready), ended=decided.ended)
+
     def _carry_out(self, decision: d.Decision, state: _State) -> Outcome:
         store = self.store
         delivery = state.delivery
         if isinstance(decision, d.Redrive):
+            if state.execution_status in EXECUTION_FINAL:
+                return Outcome()  # a copy that comes after the end moves nothing
             return self.redrive(delivery.execution_id, delivery.step_id, delivery.task_id)
         if isinstance(decision, d.Stale):
             return Outcome(stale=True)

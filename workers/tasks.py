@@ -175,10 +175,23 @@ def run_eagerly(
     runner = delegation()
     queue = settings.queue
     held_since = time.monotonic()
-    eager_left = settings.eager_steps
+    # With task events on from the start (TROUPE_TASK_EVENTS), every delegation is
+    # published, so Flower lists each as a task of its own.
+    eager_left = 0 if settings.task_events else settings.eager_steps
     first = delivery
     while True:
-        outcome = runner.run(delivery)
+        try:
+            outcome = runner.run(delivery)
+        except Exception as exc:
+            if is_transient(exc) or _is_broker_error(exc):
+                raise
+            # Troupe's own error while deciding the step (a bug, a value it cannot
+            # handle): that attempt's failure, retried under the policy, then the
+            # step fails saying so, rather than a message dropped or redelivered forever.
+            log.exception(
+                "delegation %s/%s failed inside Troupe", delivery.execution_id, delivery.step_id
+            )
+            outcome = runner.internal_error(delivery, exc)
         if outcome.ended and not outcome.finalized:
             finish_execution(delivery.execution_id)
         elif outcome.finalized:

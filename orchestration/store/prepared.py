@@ -179,8 +179,14 @@ class HotConnections:
             held = self._idle.pop() if self._idle else None
         if held is not None:
             return held
+        dbapi = self._engine.dialect.loaded_dbapi
         try:
             return self._engine.raw_connection()
+        except dbapi.Error as exc:
+            self._slots.release()
+            # A pool without pooling hands back the driver's own error: raise it as
+            # SQLAlchemy's, so the store's retries see an outage, not a bug.
+            raise OperationalError("connect", None, exc) from exc
         except BaseException:
             self._slots.release()
             raise

@@ -91,7 +91,18 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, OperationalError | PoolTimeout):
         return True
+    if _is_driver_outage(exc):
+        return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _is_driver_outage(exc: BaseException) -> bool:
+    """A driver's own connection error that reached us unwrapped (psycopg2's or
+    sqlite3's OperationalError or InterfaceError)."""
+    kind = type(exc)
+    return kind.__module__.split(".")[0] in ("psycopg2", "sqlite3") and any(
+        cls.__name__ in ("OperationalError", "InterfaceError") for cls in kind.__mro__
+    )
 
 
 def _retrying(fn: Callable[P, R]) -> Callable[P, R]:

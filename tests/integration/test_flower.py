@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.services import describe, run_manage
+from tests.support.services import WorkerProcess, describe, run_manage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -35,11 +35,33 @@ def tasks_seen(port: int) -> dict[str, Any]:
     return response.json() if response.status_code == 200 else {}
 
 
+@pytest.fixture
+def events_worker(distributed: Any, tmp_path: Path) -> Any:
+    """A worker of its own that sends task events from the start: then no delegation
+    runs eagerly inside another's task, and Flower lists every one."""
+    env = {
+        **distributed.env,
+        "TROUPE_TASK_EVENTS": "true",
+        "TROUPE_QUEUE": "flower-" + str(os.getpid()),
+    }
+    worker = WorkerProcess(
+        env=env,
+        hostname=f"flower-{os.getpid()}@{socket.gethostname()}",
+        log_path=tmp_path / "w.log",
+    )
+    worker.start()
+    try:
+        worker.wait_ready(30)
+        yield env
+    finally:
+        worker.stop()
+
+
 def test_flower_lists_each_delegation_under_its_agent_name(
-    distributed: Any, tmp_path: Path
+    events_worker: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {**distributed.env, "FLOWER_UNAUTHENTICATED_API": "1"}
+    env = {**events_worker, "FLOWER_UNAUTHENTICATED_API": "1"}
     log = (tmp_path / "flower.log").open("w")
     flower = subprocess.Popen(
         [sys.executable, "manage.py", "flower", "--port", str(port), "--address", "127.0.0.1"],
@@ -80,7 +102,7 @@ def test_flower_lists_each_delegation_under_its_agent_name(
                     "examples/code_audit/sample_project",
                     "--json",
                 ],
-                distributed.env,
+                events_worker,
                 timeout=60,
             )
             runs += 1

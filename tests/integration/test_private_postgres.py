@@ -389,7 +389,12 @@ def test_parallel_delegations_ride_out_an_outage_and_a_starved_pool_at_default_s
             pg.pg_ctl("start")
             stdout, stderr = client.communicate(timeout=90)
             result = subprocess.CompletedProcess(client.args, client.returncode, stdout, stderr)
-            assert client.returncode == 0, describe(result)
+            states = query(
+                database_url,
+                "SELECT step_id, status, attempts, waiting FROM troupe_steps"
+                " WHERE status NOT IN ('completed')",
+            )
+            assert client.returncode == 0, describe(result) + json.dumps(states, default=str)
             report = json.loads(stdout)
             assert report["status"] == "completed", report
             rows = attempt_rows(database_url, report["execution_id"])
