@@ -45,7 +45,7 @@ class TroupeSide:
     def __init__(self) -> None:
         from bench.troupe_client import TroupeClient
         from orchestration import Team
-        from orchestration.runtime import get_runtime
+        from orchestration.client.runtime import get_runtime
 
         started = time.perf_counter()
         get_runtime().ensure_worker()

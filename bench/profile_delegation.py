@@ -48,7 +48,7 @@ def _measure(args: argparse.Namespace) -> int:
     from sqlalchemy import event
 
     from orchestration import Team
-    from orchestration.runtime import get_runtime
+    from orchestration.client.runtime import get_runtime
     from orchestration.store.agent_registry import AgentRegistry
     from workers.tasks import delegation
     from workflows.plan import build_plan

@@ -50,7 +50,7 @@ def _stamp(value: datetime) -> float:
 
 class TroupeClient:
     def __init__(self) -> None:
-        from orchestration.runtime import get_runtime
+        from orchestration.client.runtime import get_runtime
 
         self.runtime = get_runtime()
         self.engine = self.runtime.store.engine

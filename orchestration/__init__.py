@@ -1,15 +1,15 @@
 """Troupe: run teams of AI agents reliably on Celery."""
 
 from orchestration.agents.call import AgentCall, AgentResult, Usage
+from orchestration.client.handle import ExecutionHandle
+from orchestration.client.report import ExecutionReport, StepReport
+from orchestration.client.team import Team, execution
 from orchestration.errors import (
     PermanentAgentError,
     TeamFileError,
     TransientAgentError,
     TroupeError,
 )
-from orchestration.handle import ExecutionHandle
-from orchestration.report import ExecutionReport, StepReport
-from orchestration.team import Team, execution
 
 __all__ = [
     "AgentCall",

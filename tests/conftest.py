@@ -52,7 +52,7 @@ _worker_log: Path | None = None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    runtime_module = sys.modules.get("orchestration.runtime")
+    runtime_module = sys.modules.get("orchestration.client.runtime")
     runtime = getattr(runtime_module, "_runtime", None)
     if runtime is not None:
         with contextlib.suppress(Exception):
@@ -79,7 +79,7 @@ def state_dir() -> Path:
 @pytest.fixture(scope="session")
 def runtime() -> Any:
     """The process-wide embedded runtime (SQLite under ``state_dir``)."""
-    from orchestration.runtime import get_runtime
+    from orchestration.client.runtime import get_runtime
 
     rt = get_runtime()
     assert rt.settings.embedded, "the test process must run Troupe embedded"

@@ -13,3 +13,10 @@ from workers.celery_config import celery_config
 
 app = Celery("troupe", include=["workers.tasks"])
 app.config_from_object(celery_config(get_settings()))
+
+
+def safe_broker_url(url: str) -> str:
+    """``url`` without its password, for messages to the user."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestration.cli import exit_codes
+from orchestration.client.runtime import get_runtime
 from orchestration.resilience.breaker import CLOSED
-from orchestration.runtime import get_runtime
 from orchestration.store.agent_registry import AgentRegistry, by_identity
 from orchestration.store.breakers import BreakerStore, aware
 from orchestration.store.models import AgentRow

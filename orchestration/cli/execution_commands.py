@@ -10,10 +10,10 @@ from rich.console import Console
 
 from orchestration.cli import exit_codes
 from orchestration.cli.render import ProgressPrinter, print_plan, print_result
+from orchestration.client.report import ExecutionReport
+from orchestration.client.team import Team, execution
 from orchestration.errors import WaitTimeout
-from orchestration.report import ExecutionReport
 from orchestration.settings import get_settings
-from orchestration.team import Team, execution
 
 
 def _parse_input(text: str | None, json_text: str | None) -> Any:

@@ -83,7 +83,7 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def leave(code: int) -> NoReturn:
-    from orchestration.runtime import embedded_worker_running
+    from orchestration.client.runtime import embedded_worker_running
 
     if embedded_worker_running():
         # Everything is recorded. Exiting normally would wait for the embedded pool's

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestration.report import ExecutionReport
+from orchestration.client.report import ExecutionReport
 from orchestration.spec import TeamSpec
 from workflows.plan import ExecutionPlan
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from orchestration.client.report import ExecutionReport, build_report
 from orchestration.constants import EXECUTION_FINAL
 from orchestration.errors import WaitTimeout
-from orchestration.report import ExecutionReport, build_report
 from orchestration.store.repository import Store
 
 ProgressCallback = Callable[[ExecutionReport], None]

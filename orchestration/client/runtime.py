@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from orchestration.client.handle import ExecutionHandle
 from orchestration.errors import NoWorkerError
-from orchestration.handle import ExecutionHandle
 from orchestration.settings import Settings, get_settings
 from orchestration.store.database import ensure_schema
 from orchestration.store.repository import Store
@@ -66,9 +66,9 @@ class Runtime:
         )
 
     def safe_broker_url(self) -> str:
-        from kombu.utils.url import maybe_sanitize_url
+        from workers.app import safe_broker_url
 
-        return str(maybe_sanitize_url(self.settings.effective_broker_url))
+        return safe_broker_url(self.settings.effective_broker_url)
 
     def shutdown(self) -> None:
         if self.worker is not None:

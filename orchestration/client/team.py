@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.agents.identity import agent_identity
-from orchestration.handle import ExecutionHandle
-from orchestration.report import ExecutionReport
+from orchestration.client.handle import ExecutionHandle
+from orchestration.client.report import ExecutionReport
+from orchestration.client.runtime import get_runtime
 from orchestration.resilience.breaker import CLOSED
-from orchestration.runtime import get_runtime
 from orchestration.settings import get_settings
 from orchestration.spec import TeamSpec
 from orchestration.store.agent_registry import AgentRegistry
