@@ -51,6 +51,7 @@ def _measure(args: argparse.Namespace) -> int:
     from orchestration.client.runtime import get_runtime
     from orchestration.store.agent_registry import AgentRegistry
     from workers.tasks import delegation
+    from workers.tasks import store as worker_store
     from workflows.plan import build_plan
 
     runtime = get_runtime()
@@ -62,7 +63,9 @@ def _measure(args: argparse.Namespace) -> int:
     AgentRegistry(runtime.store).register_agents(
         team.name, team.spec.model_dump(mode="json")["agents"]
     )
-    runtime.store.create_execution(execution_id, team.spec.model_dump(mode="json"), plan, {"n": 1})
+    runtime.executions.create_execution(
+        execution_id, team.spec.model_dump(mode="json"), plan, {"n": 1}
+    )
     if args.breaker_open:
         from orchestration.agents.identity import agent_identity
         from orchestration.store.breakers import BreakerStore
@@ -80,7 +83,7 @@ def _measure(args: argparse.Namespace) -> int:
 
     runner = delegation()
     # The store's transactional engine and its autocommit one (reads, one-trip writes).
-    for engine in {runner.store.engine, runner.store.reader.engine}:
+    for engine in {worker_store().engine, worker_store().reader.engine}:
         event.listen(engine, "before_cursor_execute", on_statement)
         event.listen(engine, "commit", on_commit)
 
@@ -90,7 +93,7 @@ def _measure(args: argparse.Namespace) -> int:
         Delivery(execution_id, step.id, 1, task_id=f"t-{i}", worker="profile")
         for i, step in enumerate(plan.steps)
     ]
-    hot_before = runner.store.hot_round_trips
+    hot_before = worker_store().hot_round_trips
     profiler = cProfile.Profile() if args.profile else None
     started = time.perf_counter()
     if profiler:
@@ -103,7 +106,7 @@ def _measure(args: argparse.Namespace) -> int:
     n = len(deliveries)
     # Statements SQLAlchemy sent, plus the round trips of the store's hot path (its
     # prepared read and write scripts go through the bare psycopg2 cursor).
-    counts["statements"] += runner.store.hot_round_trips - hot_before
+    counts["statements"] += worker_store().hot_round_trips - hot_before
     outcomes = _outcomes(runtime.store.engine, execution_id)
     print(
         json.dumps(

@@ -32,12 +32,12 @@ from orchestration.spec import AgentSpec, TeamSpec, WhenOpen
 from orchestration.step_state import StepState, record_of
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
+from orchestration.store.delegations import DelegationRecords
 from orchestration.store.repository import (
     AttemptEnd,
     AttemptError,
     Countdown,
     Decided,
-    Store,
     now,
 )
 from workflows.outcome import StepRecord, decide_outcome
@@ -133,7 +133,7 @@ class TeamContext:
     plan: ExecutionPlan
 
 
-def team_of(store: Store, execution_id: str) -> TeamContext:
+def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
     """The planned team an execution runs. An execution's spec never changes, so a
     worker learns its digest once (a few thousand executions are remembered: 100 bytes
     each), and validates and plans each distinct spec once, whichever execution
@@ -171,7 +171,7 @@ def map_step_of(step_id: str) -> str:
 
 
 class Delegation:
-    def __init__(self, store: Store, breakers: CachedBreakers, limits: Limits) -> None:
+    def __init__(self, store: DelegationRecords, breakers: CachedBreakers, limits: Limits) -> None:
         self.store = store
         self.breakers = breakers
         self.limits = limits

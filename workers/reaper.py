@@ -18,8 +18,9 @@ from datetime import datetime, timedelta
 
 from orchestration.constants import RETRYING
 from orchestration.store.breakers import aware
+from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.models import StepRow
-from orchestration.store.repository import Store, now
+from orchestration.store.repository import now
 
 log = logging.getLogger("troupe.reaper")
 
@@ -31,7 +32,7 @@ class ReapReport:
 
 
 def reap(
-    store: Store,
+    store: MaintenanceRecords,
     *,
     lease_ttl: float,
     stall_timeout: float,

@@ -24,6 +24,8 @@ from orchestration.step_state import record_of
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import dispose_engines
+from orchestration.store.delegations import DelegationRecords
+from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.repository import Store, is_transient
 from workers.app import app
 from workers.delegation import Delegation, Delivery, Limits, Outcome, RetryLater, team_of
@@ -44,9 +46,14 @@ def store() -> Store:
 
 
 @lru_cache(maxsize=1)
+def records() -> DelegationRecords:
+    return DelegationRecords(store())
+
+
+@lru_cache(maxsize=1)
 def delegation() -> Delegation:
     settings = get_settings()
-    state = store()
+    state = records()
     limits = Limits(
         lease_interval=settings.lease_interval,
         lease_after=settings.lease_after,
@@ -63,7 +70,7 @@ def delegation() -> Delegation:
         ),
     )
     return Delegation(
-        state, CachedBreakers(BreakerStore(state), settings.breaker_cache_ttl), limits
+        state, CachedBreakers(BreakerStore(store()), settings.breaker_cache_ttl), limits
     )
 
 
@@ -81,7 +88,7 @@ def start(execution_id: str, resume: bool = False) -> str:
     is sent again with its next attempt, and an execution whose sinks are all decided
     is finished.
     """
-    state = store()
+    state = records()
     plan = team_of(state, execution_id).plan
     queue = get_settings().queue
     if not resume:
@@ -233,7 +240,7 @@ def run_eagerly(
 def _messages(
     execution_id: str, send: list[tuple[str, int]], queue: str, orphaned_by: str | None
 ) -> list[TaskMessage]:
-    plan = team_of(store(), execution_id).plan
+    plan = team_of(records(), execution_id).plan
     return [
         delegation_message(
             execution_id, sid, _agent_of(plan, sid), queue, attempt, orphaned_by=orphaned_by
@@ -249,7 +256,7 @@ def _agent_of(plan: Any, step_id: str) -> str:
 
 
 def _agent(delivery: Delivery) -> str:
-    return _agent_of(team_of(store(), delivery.execution_id).plan, delivery.step_id)
+    return _agent_of(team_of(records(), delivery.execution_id).plan, delivery.step_id)
 
 
 def _shadowed_agent(request: Any) -> str:
@@ -275,10 +282,10 @@ def finalize(execution_id: str) -> dict[str, Any]:
 
 def finish_execution(execution_id: str) -> dict[str, Any]:
     """Decide and record the execution's status and output (once; later calls no-op)."""
-    state = store()
+    state = records()
     plan = team_of(state, execution_id).plan
-    records = {row.step_id: record_of(row) for row in state.step_results(execution_id)}
-    outcome = decide_outcome(plan, records)
+    results = {row.step_id: record_of(row) for row in state.step_results(execution_id)}
+    outcome = decide_outcome(plan, results)
     first = state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
     # Operators (and the fault tests) read this line to see an execution end, and to see
     # a redelivered message end it again without changing anything.
@@ -334,7 +341,7 @@ def reap() -> dict[str, Any]:
 def reap_once() -> dict[str, Any]:
     settings = get_settings()
     report = reap_lost_work(
-        store(),
+        MaintenanceRecords(store()),
         lease_ttl=settings.lease_ttl,
         stall_timeout=settings.stall_timeout,
         resume=lambda execution_id: publish(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from orchestration.client.report import ExecutionReport, build_report
 from orchestration.constants import EXECUTION_FINAL
 from orchestration.errors import WaitTimeout
-from orchestration.store.repository import Store
+from orchestration.store.executions import ExecutionRecords
 
 ProgressCallback = Callable[[ExecutionReport], None]
 
@@ -20,7 +20,7 @@ class ExecutionHandle:
     def __init__(
         self,
         execution_id: str,
-        store: Store,
+        store: ExecutionRecords,
         poll_interval: float = 0.1,
         revoke: Revoker | None = None,
     ) -> None:

@@ -11,6 +11,7 @@ from orchestration.client.handle import ExecutionHandle
 from orchestration.errors import NoWorkerError
 from orchestration.settings import Settings, get_settings
 from orchestration.store.database import ensure_schema
+from orchestration.store.executions import ExecutionRecords
 from orchestration.store.repository import Store
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 class Runtime:
     settings: Settings
     store: Store
+    # The client's reads and writes of executions, on ``store``.
+    executions: ExecutionRecords
     app: Celery
     worker: EmbeddedWorker | None = None
 
@@ -62,7 +65,7 @@ class Runtime:
 
     def handle(self, execution_id: str) -> ExecutionHandle:
         return ExecutionHandle(
-            execution_id, self.store, self.settings.poll_interval, revoke=self.revoke
+            execution_id, self.executions, self.settings.poll_interval, revoke=self.revoke
         )
 
     def safe_broker_url(self) -> str:
@@ -103,9 +106,8 @@ def get_runtime() -> Runtime:
             ensure_schema(url, auto_upgrade=settings.embedded or url.startswith("sqlite"))
             from workers.app import app
 
+            store = Store(url, connections=settings.db_connections)
             _runtime = Runtime(
-                settings=settings,
-                store=Store(url, connections=settings.db_connections),
-                app=app,
+                settings=settings, store=store, executions=ExecutionRecords(store), app=app
             )
         return _runtime

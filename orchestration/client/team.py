@@ -59,7 +59,7 @@ class Team:
         execution_id = str(uuid.uuid4())
         spec, digest = self._spec_json()
         AgentRegistry(runtime.store).register_agents(self.name, spec["agents"])
-        runtime.store.create_execution(execution_id, spec, self.plan, input, digest)
+        runtime.executions.create_execution(execution_id, spec, self.plan, input, digest)
         from workers.publish import first_messages, publish
 
         publish(runtime.app, first_messages(self.plan, execution_id, runtime.settings.queue))
@@ -94,7 +94,7 @@ class Team:
 def execution(execution_id: str) -> ExecutionHandle:
     """A handle on an execution started earlier, from any process."""
     runtime = get_runtime()
-    runtime.store.execution_status(execution_id)  # raises ExecutionNotFound
+    runtime.executions.execution_status(execution_id)  # raises ExecutionNotFound
     return runtime.handle(execution_id)
 
 

@@ -20,6 +20,8 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from orchestration.store.database import get_engine
+from orchestration.store.delegations import DelegationRecords
+from orchestration.store.executions import ExecutionRecords
 from orchestration.store.repository import Store
 from orchestration.team_file import parse_team
 from tests.support import barrier_pool, countdown
@@ -62,7 +64,7 @@ def team(width: int) -> Any:
 def enqueue(url: str, width: int) -> str:
     spec = team(width)
     execution_id = str(uuid.uuid4())
-    Store(url).create_execution(
+    ExecutionRecords(Store(url)).create_execution(
         execution_id, spec.model_dump(mode="json"), build_plan(spec), input_value=None
     )
     return execution_id
@@ -202,13 +204,15 @@ def test_a_join_whose_readier_died_before_sending_it_resumes_with_only_the_join(
     )
     execution_id = str(uuid.uuid4())
     runtime.ensure_worker()
-    runtime.store.create_execution(
+    runtime.executions.create_execution(
         execution_id, team.spec.model_dump(mode="json"), team.plan, {"n": 1}
     )
     ready = []
     for sid in ("a", "b"):
         end = AttemptEnd(execution_id, sid, 1, "echo", f"task-{sid}", "died", now(), 1)
-        decided = runtime.store.record_success(end, {"from": sid}, Countdown(("c",)))
+        decided = DelegationRecords(runtime.store).record_success(
+            end, {"from": sid}, Countdown(("c",))
+        )
         assert decided is not None
         ready.append(decided.ready)
     assert ready == [(), ("c",)]
@@ -233,6 +237,6 @@ def test_a_join_whose_readier_died_before_sending_it_resumes_with_only_the_join(
         "task": None,
         "attempt": 1,
     }
-    workers = {row.step_id: row.worker for row in runtime.store.attempts(execution_id)}
+    workers = {row.step_id: row.worker for row in runtime.executions.attempts(execution_id)}
     assert workers["a"] == workers["b"] == "died"
     assert workers["c"] != "died"

@@ -19,7 +19,7 @@ def run(strategy: str, steps: list[dict[str, Any]], input: Any = None) -> Execut
 
 
 def outputs_of(runtime: Any, report: ExecutionReport) -> dict[str, Any]:
-    return {row.step_id: row.output for row in runtime.store.steps(report.execution_id)}
+    return {row.step_id: row.output for row in runtime.executions.steps(report.execution_id)}
 
 
 def test_a_step_does_not_wait_for_a_branch_it_does_not_depend_on(runtime: Any) -> None:

@@ -98,7 +98,7 @@ def test_breaker_opens_after_the_threshold_and_then_rejects_without_calling(
     assert step.attempts == 3
     assert step.error is not None and step.error.startswith("CircuitOpen"), step
     assert call_count(tmp_path, flaky) == 2
-    outcomes = [row.outcome for row in runtime.store.attempts(first.execution_id)]
+    outcomes = [row.outcome for row in runtime.executions.attempts(first.execution_id)]
     assert outcomes == ["error", "error", "rejected"]
     assert breaker_state(runtime, t, flaky) == OPEN
 
@@ -135,7 +135,7 @@ def test_when_open_wait_reschedules_after_the_cool_down(runtime: Any, tmp_path: 
     assert report.status == "completed", report
     assert report.output == {"answered_by": name, "attempt": 1}
     assert step_of(report).attempts == 1
-    [row] = runtime.store.attempts(report.execution_id)
+    [row] = runtime.executions.attempts(report.execution_id)
     assert aware(row.started_at) >= trial_at
     assert call_count(tmp_path, name) == 2
     # The trial call succeeded: closed again.
@@ -160,7 +160,7 @@ def test_fallback_takes_the_call_while_the_breaker_is_open(runtime: Any, tmp_pat
     report = run(t, tmp_path)
     assert report.status == "completed", report
     assert report.output == {"answered_by": backup, "step": "s", "attempt": 2}
-    rows = runtime.store.attempts(report.execution_id)
+    rows = runtime.executions.attempts(report.execution_id)
     assert [(row.agent, row.outcome) for row in rows] == [
         (primary, "error"),
         (backup, "success"),
@@ -171,7 +171,7 @@ def test_fallback_takes_the_call_while_the_breaker_is_open(runtime: Any, tmp_pat
     again = run(t, tmp_path)
     assert again.status == "completed", again
     assert again.output["answered_by"] == backup
-    [row] = runtime.store.attempts(again.execution_id)
+    [row] = runtime.executions.attempts(again.execution_id)
     assert row.agent == backup
     assert call_count(tmp_path, primary) == 1
     assert call_count(tmp_path, backup) == 2
@@ -223,7 +223,7 @@ def test_hung_agent_is_cut_off_retried_with_backoff_then_failed(
     step = step_of(report)
     assert step.attempts == 3
     assert step.error is not None and step.error.startswith("AttemptTimeout"), step
-    rows = runtime.store.attempts(report.execution_id)
+    rows = runtime.executions.attempts(report.execution_id)
     assert [row.outcome for row in rows] == ["timeout"] * 3
     for row in rows:
         assert row.error_type == "AttemptTimeout"
@@ -252,7 +252,7 @@ def test_agent_that_keeps_heart_beating_outlives_its_heartbeat_timeout(
     assert report.status == "completed", report
     assert step_of(report).attempts == 1
     assert report.output["beats"] >= 10
-    [row] = runtime.store.attempts(report.execution_id)
+    [row] = runtime.executions.attempts(report.execution_id)
     assert row.duration_ms >= 1000
 
 
@@ -270,7 +270,7 @@ def test_agent_that_stops_heart_beating_fails_its_attempt(runtime: Any, tmp_path
     step = step_of(report)
     assert step.attempts == 1
     assert step.error is not None and step.error.startswith("HeartbeatTimeout"), step
-    [row] = runtime.store.attempts(report.execution_id)
+    [row] = runtime.executions.attempts(report.execution_id)
     assert row.outcome == "timeout"
     assert row.error_type == "HeartbeatTimeout"
     # Cut off about 0.3 s after the last beat, long before the 10 s time limit.
@@ -320,7 +320,7 @@ def test_retry_after_is_honoured_between_attempts(runtime: Any, tmp_path: Path) 
     report = run(t, tmp_path, retry_after=0.3, succeed_on=3)
     assert report.status == "completed", report
     assert step_of(report).attempts == 3
-    rows = runtime.store.attempts(report.execution_id)
+    rows = runtime.executions.attempts(report.execution_id)
     assert [row.outcome for row in rows] == ["error", "error", "success"]
     for earlier, later in itertools.pairwise(rows):
         gap = (aware(later.started_at) - aware(earlier.finished_at)).total_seconds()
@@ -354,7 +354,7 @@ def test_no_retry_on_fails_at_the_first_attempt(
 def wait_for_an_ended_attempt(runtime: Any, execution_id: str) -> None:
     """Until one attempt of the execution has ended (a fast call is audited at its end)."""
     deadline = time.monotonic() + 10
-    while not any(row.outcome for row in runtime.store.attempts(execution_id)):
+    while not any(row.outcome for row in runtime.executions.attempts(execution_id)):
         assert time.monotonic() < deadline, "no attempt ended"
         time.sleep(0.02)
 
@@ -378,11 +378,11 @@ def test_a_call_under_way_when_the_stop_lands_keeps_its_result(
     report = handle.report()
     assert report.status == "cancelled"
     assert step_of(report, "s0").status == "completed", step_of(report, "s0")
-    recorded = {row.step_id: row for row in runtime.store.steps(handle.execution_id)}
+    recorded = {row.step_id: row for row in runtime.executions.steps(handle.execution_id)}
     assert recorded["s0"].output == {"finished": "s0"}
     assert step_of(report, "s1").status == "cancelled"
     assert call_count(tmp_path, second) == 0
-    attempts = runtime.store.attempts(handle.execution_id)
+    attempts = runtime.executions.attempts(handle.execution_id)
     assert [(a.step_id, a.outcome) for a in attempts] == [("s0", "success")]
 
 
@@ -417,7 +417,7 @@ def test_cancel_during_a_sequential_run_never_calls_the_remaining_agents(
         assert steps[sid].status == "cancelled", steps[sid]
         assert steps[sid].attempts == 0
     assert [call_count(tmp_path, name) for name in names] == [1, 0, 0, 0]
-    assert {row.step_id for row in runtime.store.attempts(handle.execution_id)} == {"s0"}
+    assert {row.step_id for row in runtime.executions.attempts(handle.execution_id)} == {"s0"}
     assert handle.cancel() is False
 
 

@@ -31,7 +31,7 @@ def by_id(report: ExecutionReport) -> dict[str, StepReport]:
 
 def outputs_of(runtime: Any, report: ExecutionReport) -> dict[str, Any]:
     """Every step's recorded output, read from the state store."""
-    return {row.step_id: row.output for row in runtime.store.steps(report.execution_id)}
+    return {row.step_id: row.output for row in runtime.executions.steps(report.execution_id)}
 
 
 def assert_all_completed(report: ExecutionReport) -> None:
@@ -82,7 +82,7 @@ def test_sequential_steps_run_one_after_another(runtime: Any) -> None:
         input=0.05,
     )
     assert_all_completed(report)
-    rows = runtime.store.attempts(report.execution_id)
+    rows = runtime.executions.attempts(report.execution_id)
     assert [row.step_id for row in rows] == ["s0", "s1", "s2"]
     for earlier, later in itertools.pairwise(rows):
         assert earlier.finished_at <= later.started_at
@@ -144,7 +144,7 @@ def test_parallel_steps_overlap_in_time(runtime: Any) -> None:
     # The embedded worker has two threads: two 0.3 s steps out of four must overlap.
     report = run("parallel", [{"id": f"p{i}", "agent": "sleepy"} for i in range(4)], input=0.3)
     assert_all_completed(report)
-    rows = runtime.store.attempts(report.execution_id)
+    rows = runtime.executions.attempts(report.execution_id)
     assert len(rows) == 4
     overlapping = [
         (a.step_id, b.step_id)
@@ -176,7 +176,7 @@ def test_dag_diamond_order_and_visibility(runtime: Any) -> None:
     # One sink: its output is the execution's.
     assert report.output == seen["bottom"]
 
-    rows = {row.step_id: row for row in runtime.store.attempts(report.execution_id)}
+    rows = {row.step_id: row for row in runtime.executions.attempts(report.execution_id)}
     assert rows["top"].finished_at <= rows["left"].started_at
     assert rows["top"].finished_at <= rows["right"].started_at
     assert rows["left"].finished_at <= rows["bottom"].started_at
@@ -235,7 +235,7 @@ def test_conditional_takes_one_branch_and_the_join_still_runs(
     assert seen["summary"]["outputs"] == sorted(["scan", taken])
     assert report.output == seen["summary"]
     # The agent of the untaken branch was never called.
-    assert untaken not in {row.step_id for row in runtime.store.attempts(report.execution_id)}
+    assert untaken not in {row.step_id for row in runtime.executions.attempts(report.execution_id)}
 
 
 def test_conditional_condition_on_the_input(runtime: Any) -> None:
@@ -287,7 +287,7 @@ def test_failing_branch_skips_its_dependents_and_spares_the_other_branch(runtime
     assert steps["good_too"].status == "completed"
     # Of the two end steps only the one that ran gives output.
     assert list(report.output) == ["good_too"]
-    called = {row.step_id for row in runtime.store.attempts(report.execution_id)}
+    called = {row.step_id for row in runtime.executions.attempts(report.execution_id)}
     assert called == {"root", "bad", "good", "good_too"}
 
 
@@ -383,7 +383,7 @@ def test_permanent_error_is_not_retried(runtime: Any) -> None:
     assert step.status == "failed"
     assert step.attempts == 1
     assert step.error == "PermanentAgentError: doomed cannot succeed"
-    assert len(runtime.store.attempts(report.execution_id)) == 1
+    assert len(runtime.executions.attempts(report.execution_id)) == 1
 
 
 def test_failing_agent_exhausts_exactly_max_attempts(runtime: Any) -> None:
@@ -399,7 +399,7 @@ def test_failing_agent_exhausts_exactly_max_attempts(runtime: Any) -> None:
     assert steps["always"].error == "RuntimeError: always always fails (attempt 4)"
     assert steps["after"].status == "skipped"
     assert steps["after"].error is not None and "'always'" in steps["after"].error
-    rows = runtime.store.attempts(report.execution_id, "always")
+    rows = runtime.executions.attempts(report.execution_id, "always")
     assert [row.attempt for row in rows] == [1, 2, 3, 4]
     assert {row.outcome for row in rows} == {"error"}
 
@@ -415,7 +415,7 @@ def test_attempt_over_its_time_limit_is_recorded_as_timeout(runtime: Any) -> Non
     step = by_id(report)["slow"]
     assert step.attempts == 1
     assert step.error is not None and step.error.startswith("AttemptTimeout:")
-    [row] = runtime.store.attempts(report.execution_id)
+    [row] = runtime.executions.attempts(report.execution_id)
     assert row.outcome == "timeout"
     assert row.error_type == "AttemptTimeout"
 
@@ -431,7 +431,7 @@ def test_audit_trail_has_one_row_per_attempt(runtime: Any) -> None:
         input="go",
     )
     assert report.status == "completed", report
-    rows = runtime.store.attempts(report.execution_id)
+    rows = runtime.executions.attempts(report.execution_id)
     assert [(row.step_id, row.attempt) for row in rows] == [
         ("flaky", 1),
         ("flaky", 2),
@@ -502,7 +502,7 @@ def test_cancel_stops_steps_that_have_not_started(runtime: Any) -> None:
     final = handle.report()
     assert final.status == "cancelled"
     assert by_id(final)["never"].status == "cancelled"
-    assert {row.step_id for row in runtime.store.attempts(report.execution_id)} == {"slow"}
+    assert {row.step_id for row in runtime.executions.attempts(report.execution_id)} == {"slow"}
 
 
 def test_permanent_error_class_is_the_public_one() -> None:

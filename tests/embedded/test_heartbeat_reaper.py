@@ -21,6 +21,9 @@ from orchestration.spec import AgentSpec, TeamSpec
 from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import ensure_schema
+from orchestration.store.delegations import DelegationRecords
+from orchestration.store.executions import ExecutionRecords
+from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
 from orchestration.store.repository import AttemptEnd, AttemptError, Countdown, Store, now
 from tests.support.resilience_agents import HEALTH_DIR_VARIABLE
@@ -302,7 +305,9 @@ def new_execution(store: Store, steps: int = 2) -> str:
     }
     team = TeamSpec.model_validate(data)
     execution_id = str(uuid.uuid4())
-    store.create_execution(execution_id, team.model_dump(mode="json"), build_plan(team), None)
+    ExecutionRecords(store).create_execution(
+        execution_id, team.model_dump(mode="json"), build_plan(team), None
+    )
     return execution_id
 
 
@@ -328,26 +333,28 @@ def age(store: Store, execution_id: str, seconds: float, *, lease: bool = False)
 
 def reap_now(store: Store) -> tuple[Any, list[str]]:
     resumed: list[str] = []
-    report = reap(store, lease_ttl=LEASE_TTL, stall_timeout=STALL, resume=resumed.append)
+    report = reap(
+        MaintenanceRecords(store), lease_ttl=LEASE_TTL, stall_timeout=STALL, resume=resumed.append
+    )
     return report, resumed
 
 
 def test_attempt_whose_lease_expired_is_marked_lost(store: Store) -> None:
     dead = new_execution(store)
-    store.begin_attempt(dead, "s0", "worker", 1, "task-1", "worker-a")
+    DelegationRecords(store).begin_attempt(dead, "s0", "worker", 1, "task-1", "worker-a")
     age(store, dead, 30)
     live = new_execution(store)
-    store.begin_attempt(live, "s0", "worker", 1, "task-2", "worker-b")
+    DelegationRecords(store).begin_attempt(live, "s0", "worker", 1, "task-2", "worker-b")
 
     report, _ = reap_now(store)
 
     assert report.lost_attempts == [(dead, "s0", 1)]
-    row = store.attempt_row(dead, "s0", 1)
+    row = DelegationRecords(store).attempt_row(dead, "s0", 1)
     assert row is not None
     assert row.outcome == "lost"
     assert row.error_type == "WorkerLost"
     assert row.finished_at is not None
-    fresh = store.attempt_row(live, "s0", 1)
+    fresh = DelegationRecords(store).attempt_row(live, "s0", 1)
     assert fresh is not None and fresh.outcome is None
     # Reaping again finds nothing new.
     again, _ = reap_now(store)
@@ -356,14 +363,14 @@ def test_attempt_whose_lease_expired_is_marked_lost(store: Store) -> None:
 
 def test_a_renewed_lease_keeps_an_old_attempt_alive(store: Store) -> None:
     execution_id = new_execution(store)
-    store.begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
+    DelegationRecords(store).begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
     age(store, execution_id, 30)
-    store.renew_lease(execution_id, "s0", 1, {"done": 0.5})
+    DelegationRecords(store).renew_lease(execution_id, "s0", 1, {"done": 0.5})
 
     report, _ = reap_now(store)
 
     assert report.lost_attempts == []
-    row = store.attempt_row(execution_id, "s0", 1)
+    row = DelegationRecords(store).attempt_row(execution_id, "s0", 1)
     assert row is not None and row.outcome is None
 
 
@@ -371,7 +378,7 @@ def test_stalled_execution_with_nothing_in_flight_is_resumed(store: Store) -> No
     pending = new_execution(store)
     age(store, pending, STALL + 5)
     crashed = new_execution(store)
-    store.begin_attempt(crashed, "s0", "worker", 1, "task-1", "worker-a")
+    DelegationRecords(store).begin_attempt(crashed, "s0", "worker", 1, "task-1", "worker-a")
     age(store, crashed, STALL + 5, lease=True)
     recent = new_execution(store)
 
@@ -402,11 +409,13 @@ def attempt_end(execution_id: str, attempt: int, *, failed: bool = False) -> Att
 
 def test_finished_execution_is_not_resumed(store: Store) -> None:
     done = new_execution(store, steps=1)
-    store.begin_attempt(done, "s0", "worker", 1, "task-1", "worker-a")
-    store.record_success(attempt_end(done, 1), {"ok": True}, Countdown(sink=True))
-    store.finish_execution(done, "completed", {"ok": True}, None)
+    DelegationRecords(store).begin_attempt(done, "s0", "worker", 1, "task-1", "worker-a")
+    DelegationRecords(store).record_success(
+        attempt_end(done, 1), {"ok": True}, Countdown(sink=True)
+    )
+    DelegationRecords(store).finish_execution(done, "completed", {"ok": True}, None)
     cancelled = new_execution(store)
-    store.cancel_execution(cancelled, "stopped")
+    ExecutionRecords(store).cancel_execution(cancelled, "stopped")
     age(store, done, 3600)
     age(store, cancelled, 3600)
 
@@ -417,10 +426,10 @@ def test_finished_execution_is_not_resumed(store: Store) -> None:
 
 def test_step_waiting_for_its_retry_is_not_resumed(store: Store) -> None:
     execution_id = new_execution(store)
-    store.begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
+    DelegationRecords(store).begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
     age(store, execution_id, STALL + 5)
     retry_at = now() + timedelta(seconds=60)
-    store.record_retry(attempt_end(execution_id, 1, failed=True), retry_at)
+    DelegationRecords(store).record_retry(attempt_end(execution_id, 1, failed=True), retry_at)
 
     _, resumed = reap_now(store)
 
@@ -431,9 +440,9 @@ def test_long_running_attempt_with_a_live_lease_is_not_resumed(store: Store) -> 
     """An agent working longer than the stall timeout, renewing its lease all along, is
     in flight: resuming its execution would start a second attempt next to it."""
     execution_id = new_execution(store)
-    store.begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
+    DelegationRecords(store).begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
     age(store, execution_id, STALL + 5)
-    store.renew_lease(execution_id, "s0", 1, {"progress": "still working"})
+    DelegationRecords(store).renew_lease(execution_id, "s0", 1, {"progress": "still working"})
 
     report, resumed = reap_now(store)
 
@@ -445,10 +454,12 @@ def test_retry_that_just_started_is_not_resumed(store: Store) -> None:
     """The step first started long ago, failed, waited for its retry, and attempt 2 has
     just begun: it is in flight, not stalled."""
     execution_id = new_execution(store)
-    store.begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
-    store.record_retry(attempt_end(execution_id, 1, failed=True), now())
+    DelegationRecords(store).begin_attempt(execution_id, "s0", "worker", 1, "task-1", "worker-a")
+    DelegationRecords(store).record_retry(attempt_end(execution_id, 1, failed=True), now())
     age(store, execution_id, STALL + 5)
-    assert store.begin_attempt(execution_id, "s0", "worker", 2, "task-2", "worker-a")
+    assert DelegationRecords(store).begin_attempt(
+        execution_id, "s0", "worker", 2, "task-2", "worker-a"
+    )
 
     report, resumed = reap_now(store)
 

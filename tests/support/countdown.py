@@ -35,7 +35,9 @@ def pool_decide(
 
     countdown = Countdown(dependents=("after",))
 
-    store = _store(url)
+    from orchestration.store.delegations import DelegationRecords
+
+    store = DelegationRecords(_store(url))
     end = AttemptEnd(
         execution_id=execution_id,
         step_id=step_id,

@@ -1,0 +1,106 @@
+"""The reaper's records: attempts whose lease expired, unfinished executions and their
+last activity, and the claim that lets one reaper resume an execution."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+
+from orchestration.constants import (
+    EXECUTION_FINAL,
+    OUTCOME_LOST,
+    PENDING,
+    RUNNING,
+)
+from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
+from orchestration.store.repository import (
+    Store,
+    _aware,
+    _retrying,
+    mark_lost,
+    now,
+    plain_update,
+    read_steps,
+)
+
+
+class MaintenanceRecords:
+    """What the reaper reads and writes: open attempts whose lease expired, unfinished
+    executions and their activity, the claim to resume one."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @property
+    def url(self) -> str:
+        return self._store.url
+
+    @_retrying
+    def open_attempts(self, older_than: datetime) -> list[AttemptRow]:
+        """Attempts with no end whose lease (last heartbeat, else start) is older than this."""
+        with self._store.session() as session:
+            return list(
+                session.scalars(
+                    select(AttemptRow).where(
+                        AttemptRow.outcome.is_(None),
+                        or_(
+                            AttemptRow.heartbeat_at < older_than,
+                            and_(
+                                AttemptRow.heartbeat_at.is_(None),
+                                AttemptRow.started_at < older_than,
+                            ),
+                        ),
+                    )
+                )
+            )
+
+    @_retrying
+    def mark_attempt_lost(self, execution_id: str, step_id: str, attempt: int) -> bool:
+        """Close an attempt whose worker died. False if someone else closed it first."""
+        return mark_lost(self._store, execution_id, step_id, attempt)
+
+    @_retrying
+    def attempt_activity(self, execution_id: str) -> tuple[bool, datetime | None]:
+        """(Has an attempt without an end?, the latest start, end or lease renewal.)"""
+        with self._store.session() as session:
+            row = session.execute(
+                select(
+                    func.count().filter(AttemptRow.outcome.is_(None)),
+                    func.max(AttemptRow.started_at),
+                    # Marking an attempt lost is the reaper's doing, not the execution's.
+                    func.max(AttemptRow.finished_at).filter(AttemptRow.outcome != OUTCOME_LOST),
+                    func.max(AttemptRow.heartbeat_at),
+                ).where(AttemptRow.execution_id == execution_id)
+            ).one()
+        moments = [_aware(value) for value in row[1:] if value is not None]
+        return bool(row[0]), max(moments) if moments else None
+
+    @_retrying
+    def unfinished_executions(self) -> list[ExecutionRow]:
+        with self._store.session() as session:
+            return list(
+                session.scalars(
+                    select(ExecutionRow).where(ExecutionRow.status.in_([PENDING, RUNNING]))
+                )
+            )
+
+    @_retrying
+    def claim_resume(self, execution_id: str, not_since: datetime) -> bool:
+        """Record that this reaper resumes the execution, unless one did after
+        ``not_since`` (several workers reap at once: one of them resumes it)."""
+        with self._store.engine.begin() as connection:
+            claimed = connection.execute(
+                plain_update(ExecutionRow)
+                .where(
+                    ExecutionRow.id == execution_id,
+                    ExecutionRow.status.not_in(EXECUTION_FINAL),
+                    or_(ExecutionRow.resumed_at.is_(None), ExecutionRow.resumed_at < not_since),
+                )
+                .values(resumed_at=now())
+            )
+            return bool(claimed.rowcount)
+
+    @_retrying
+    def steps(self, execution_id: str) -> list[StepRow]:
+        return read_steps(self._store, execution_id)
