@@ -109,5 +109,17 @@ class DeadlineExceeded(AgentError):
     """The step's deadline passed before it could succeed."""
 
 
+class WorkerLost(AgentError):
+    """The step's attempts kept ending with their worker process: none is left."""
+
+
+class ForEachError(AgentError):
+    """A map step's ``for_each`` did not give a list."""
+
+
+class InternalError(TroupeError):
+    """Troupe itself failed while deciding or recording a step (not the agent)."""
+
+
 class AgentLoadError(AgentError):
     """An agent's target cannot be imported or is not callable."""

@@ -24,6 +24,7 @@ from orchestration.agents.identity import agent_identity
 from orchestration.agents.registry import build_adapter
 from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
 from orchestration.engine import decisions as d
+from orchestration.errors import CircuitOpen, InternalError
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
@@ -243,7 +244,7 @@ class Delegation:
             started_at=now(),
             duration_ms=0,
             outcome=OUTCOME_ERROR,
-            error=AttemptError("InternalError", message, OUTCOME_ERROR),
+            error=AttemptError(InternalError.__name__, message, OUTCOME_ERROR),
         )
         if delivery.attempt < agent.retry.max_attempts:
             delay = next_delay(
@@ -288,7 +289,9 @@ class Delegation:
         if isinstance(decision, d.SendItems):
             return self._send_items(state)
         if isinstance(decision, d.Refuse):
-            error = AttemptError(decision.type, decision.message, OUTCOME_REJECTED)
+            error = AttemptError(
+                type(decision.error).__name__, str(decision.error), OUTCOME_REJECTED
+            )
             return self._refuse(state, state.step.agent, decision.attempt, error)
         return self._admit_and_call(decision, state)
 
@@ -412,7 +415,7 @@ class Delegation:
                     countdown = max(0.0, (wait_until - now()).total_seconds())
                     return Outcome(retry=self._later(countdown, call.attempt, delivery))
                 reason = f"{reason}, past the step's deadline"
-            error = AttemptError(type="CircuitOpen", message=reason, outcome=OUTCOME_REJECTED)
+            error = AttemptError(CircuitOpen.__name__, reason, OUTCOME_REJECTED)
             return self._refuse(state, name, call.attempt, error)
         return self._call(state, call, name, agent, admission)
 

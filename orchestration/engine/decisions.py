@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from orchestration.errors import AgentError, DeadlineExceeded, ForEachError, WorkerLost
 from orchestration.step_state import StepState
 from workflows.conditions import ListExpressionError, compile_condition, evaluate_list
 from workflows.plan import PlannedStep
@@ -100,8 +101,8 @@ class Refuse:
     """Fail the step without a call, audited as a refused attempt."""
 
     attempt: int
-    type: str
-    message: str
+    # Recorded as the refused attempt's error: its class name and its message.
+    error: AgentError
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def decide(view: View) -> Decision:
                 compile_condition(step.map.for_each), view.input, condition_view(view)
             )
         except ListExpressionError as exc:
-            return Refuse(max(1, view.attempt), "ForEachError", str(exc))
+            return Refuse(max(1, view.attempt), ForEachError(str(exc)))
         return Expand(values)
 
     attempt, lost = view.attempt, None
@@ -179,13 +180,14 @@ def decide(view: View) -> Decision:
         # killing their process must end.
         return Refuse(
             attempt,
-            "WorkerLost",
-            f"{view.lost + (lost is not None)} of {attempt - 1} attempts ended with their "
-            "worker process (killed, or the agent exited it); no attempts left",
+            WorkerLost(
+                f"{view.lost + (lost is not None)} of {attempt - 1} attempts ended with their "
+                "worker process (killed, or the agent exited it); no attempts left"
+            ),
         )
     deadline = step_deadline(row, step, view.now)
     if deadline is not None and view.now >= deadline:
-        return Refuse(attempt, "DeadlineExceeded", f"step deadline of {step.deadline:g}s passed")
+        return Refuse(attempt, DeadlineExceeded(f"step deadline of {step.deadline:g}s passed"))
     return Call(attempt, lost, deadline)
 
 
