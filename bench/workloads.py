@@ -106,6 +106,8 @@ class Watched:
     db_seconds: float | None
     connections: int
     rss_mib: float
+    # Troupe only: offsets from enqueue read from the audit trail (see _timeline).
+    timeline: dict[str, float] | None = None
 
 
 def io_fanout(ctx: Context) -> None:
@@ -132,7 +134,13 @@ def io_fanout(ctx: Context) -> None:
                 timing = troupe.run(team, work, timeout=limit)
             if watch.samples < 2:
                 raise BenchError(f"the peak watch took {watch.samples} sample(s) only")
-            return Watched(timing.wall, timing.db, watch.peak_connections, watch.peak_rss_mib)
+            return Watched(
+                timing.wall,
+                timing.db,
+                watch.peak_connections,
+                watch.peak_rss_mib,
+                _timeline(troupe, timing),
+            )
 
         # Full width, full wait, once each: every thread of both pools is started and
         # Troupe's connections are opened before anything is measured.
@@ -150,6 +158,40 @@ def io_fanout(ctx: Context) -> None:
             asyncs.append(troupe_run(async_team))
             progress(f"io_fanout: round {index + 1}/{ctx.pairs} (raw, sync, async) done")
     _emit_io(ctx, raws, syncs, asyncs)
+
+
+def _timeline(troupe: TroupeClient, timing: Timing) -> dict[str, float]:
+    """Where a fan-out's time went, in seconds from enqueue: when the waiting steps'
+    attempts started (first, median, last) and finished (last), and when the join
+    started. A late ``last_start`` means delivery or dispatch kept up less than the
+    agents; a gap from ``last_finish`` to the join is the join's own cost."""
+    (execution_id,) = timing.execution_ids
+    starts: list[float] = []
+    finishes: list[float] = []
+    join_start = float("nan")
+    for row in troupe.attempts(execution_id=execution_id):
+        start = stamp(row["started_at"]) - timing.started
+        if row["step_id"] == "join":
+            join_start = start
+        else:
+            starts.append(start)
+            if row["finished_at"] is not None:
+                finishes.append(stamp(row["finished_at"]) - timing.started)
+    if not starts or not finishes:
+        raise BenchError(f"execution {execution_id} left no attempts of its waiting steps")
+    return {
+        "first_start": min(starts),
+        "median_start": statistics.median(starts),
+        "last_start": max(starts),
+        "last_finish": max(finishes),
+        "join_start": join_start,
+    }
+
+
+def _median_timeline(runs: list[Watched]) -> dict[str, float | None]:
+    timelines = [run.timeline for run in runs if run.timeline is not None]
+    keys = timelines[0].keys() if timelines else ()
+    return {key: rounded(statistics.median(t[key] for t in timelines)) for key in keys}
 
 
 def _emit_io(
@@ -178,6 +220,7 @@ def _emit_io(
             budget_seconds=IO_BUDGET_SECONDS,
             budget_ratio=IO_BUDGET_RATIO,
             agents="async def, asyncio.sleep" if name == "async_seconds" else "time.sleep",
+            timeline=_median_timeline(runs),
         )
     ctx.emit(
         "io_fanout",
