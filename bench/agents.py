@@ -56,3 +56,12 @@ async def async_wait(call: Any) -> None:
 def items(call: Any) -> dict[str, list[int]]:
     """``{"items": [0, 1, ... input["items"] - 1]}``: the list a map step goes over."""
     return {"items": list(range(int((call.input or {}).get("items", 0))))}
+
+
+def __getattr__(name: str) -> Any:
+    """``switchable__<tag>`` is ``switchable`` under a target of its own (its own breaker)."""
+    base, tagged, _ = name.partition("__")
+    function = globals().get(base) if tagged and base else None
+    if callable(function):
+        return function
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

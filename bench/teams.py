@@ -36,7 +36,9 @@ def switchable_team(agent: str, failure_threshold: int, reset_timeout: float) ->
     failing execution is one failed call the breaker counts."""
     agents = {
         agent: {
-            "target": SWITCHABLE,
+            # A target of its own: breakers belong to what is called, and each trip
+            # needs a breaker nobody else has opened.
+            "target": f"{SWITCHABLE}__{agent.replace('-', '_')}",
             # Short enough for the recovery script's 10 s visibility timeout.
             "timeout": 5,
             "retry": {"max_attempts": 1},
