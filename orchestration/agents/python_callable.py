@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import json
@@ -11,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from orchestration.agents.call import AgentCall, AgentResult
+from orchestration.agents.event_loop import shared_loop
 from orchestration.errors import AgentExited, AgentLoadError, PermanentAgentError
 
 
@@ -43,7 +43,7 @@ class PythonCallableAgent:
         try:
             value = self._function(call)
             if inspect.isawaitable(value):
-                value = asyncio.run(_await(value))
+                value = shared_loop.run(_await(value))
         except (SystemExit, KeyboardInterrupt) as exc:
             # Raised by the agent's own code: its attempt fails. Left alone, it would
             # end the pool process (or the embedded worker's thread) and the message

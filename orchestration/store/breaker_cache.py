@@ -95,4 +95,11 @@ class CachedBreakers:
         if quiet:
             return CLOSED  # a success on a clean closed breaker changes nothing
         self.forget(key)
-        return self.store.record_call(key, policy, failed=failed, trial=trial, error=error, at=at)
+        state = self.store.record_call(key, policy, failed=failed, trial=trial, error=error, at=at)
+        if state == CLOSED and not failed and policy.failure_rate is None:
+            # Right after a success is recorded, the breaker is closed with no failures
+            # in a row: the successes that follow within the TTL change nothing. (A burst
+            # of slow calls admitted together ends together, long after their admissions
+            # refreshed the cache: without this, each of them wrote.)
+            self._remember(key, BreakerSnapshot())
+        return state

@@ -165,30 +165,60 @@ WHERE id = :eid
 RETURNING sinks_left"""
 
 
-def _counted(step_sql: str) -> str:
+# Dependents counted one by one, each found by its full primary key, up to this many;
+# beyond it, one UPDATE joined to the unnested list. (With the list alone, the prepared
+# statement's generic plan read every step row of the execution for each count: a
+# 1,000-way fan-out's join read 1,001 rows a thousand times.)
+ONE_BY_ONE: Final = 4
+
+
+def _counted(step_sql: str, arity: int | None) -> str:
     """PostgreSQL: ``step_sql`` and, only if it decided the step, the countdowns, as one
-    statement."""
-    return f"""
-WITH decided AS ({step_sql}
-RETURNING 1),
-counted AS (
+    statement. ``arity``: how many dependents, named :dep0, :dep1, …; None: any number,
+    as the array :deps."""
+    if arity is None:
+        counts = [
+            """counted AS (
     UPDATE troupe_steps SET waiting = troupe_steps.waiting - 1
     FROM unnest(CAST(:deps AS varchar[])) AS wanted(step_id)
     WHERE troupe_steps.execution_id = :eid AND troupe_steps.step_id = wanted.step_id
         AND EXISTS (SELECT 1 FROM decided)
-    RETURNING troupe_steps.step_id, troupe_steps.waiting),
+    RETURNING troupe_steps.step_id, troupe_steps.waiting)"""
+        ]
+        names = ["counted"]
+    else:
+        counts = [
+            f"""counted{i} AS (
+    UPDATE troupe_steps SET waiting = waiting - 1
+    WHERE execution_id = :eid AND step_id = :dep{i} AND EXISTS (SELECT 1 FROM decided)
+    RETURNING step_id, waiting)"""
+            for i in range(arity)
+        ]
+        names = [f"counted{i}" for i in range(arity)]
+    selects = "".join(f"\nUNION ALL SELECT step_id, waiting FROM {name}" for name in names)
+    with_counts = "".join(f",\n{count}" for count in counts)
+    return f"""
+WITH decided AS ({step_sql}
+RETURNING 1){with_counts},
 ended AS (
     UPDATE troupe_executions SET sinks_left = sinks_left - 1
     WHERE id = :eid AND CAST(:sink AS boolean) AND EXISTS (SELECT 1 FROM decided)
     RETURNING sinks_left)
-SELECT CAST('' AS varchar) AS step_id, -1 AS waiting FROM decided
-UNION ALL SELECT step_id, waiting FROM counted
+SELECT CAST('' AS varchar) AS step_id, -1 AS waiting FROM decided{selects}
 UNION ALL SELECT NULL, sinks_left FROM ended"""
 
 
 DECIDING_SQL: Final = (COMPLETE_STEP_SQL, FAIL_STEP_SQL, SKIP_STEP_SQL)
-# The step's write and its countdowns in one statement (SQLite runs them one by one).
-COUNTED: Final = {sql: _counted(sql) for sql in DECIDING_SQL}
+ARITIES: Final = (*range(ONE_BY_ONE + 1), None)
+# The step's write and its countdowns in one statement, by (step SQL, arity) (SQLite
+# runs them one by one).
+COUNTED: Final = {(sql, arity): _counted(sql, arity) for sql in DECIDING_SQL for arity in ARITIES}
+
+
+def counted(step_sql: str, dependents: int) -> tuple[str, int | None]:
+    """The key in COUNTED for a step with this many dependents."""
+    return step_sql, dependents if dependents <= ONE_BY_ONE else None
+
 
 # --- the start marker and the lease of an attempt that runs for a while ----------------
 

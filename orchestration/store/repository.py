@@ -292,8 +292,13 @@ class Store:
         count down what waits for it. None: the step was decided already."""
         dependents = sorted(countdown.dependents)
         if self._hot is not None:
-            parts = (*parts[:-1], hot.COUNTED[parts[-1]])
-            params = {**params, "deps": dependents, "sink": countdown.sink}
+            key = hot.counted(parts[-1], len(dependents))
+            parts = (*parts[:-1], hot.COUNTED[key])
+            params = {**params, "sink": countdown.sink}
+            if key[1] is None:
+                params["deps"] = dependents
+            else:
+                params.update((f"dep{i}", dep) for i, dep in enumerate(dependents))
             rows, _ = self._hot.execute(prepared.script(parts), prepared.values(params))
             return _decided(rows, step_ms)
         with self.engine.begin() as connection:

@@ -122,3 +122,30 @@ def test_a_for_each_that_is_not_a_list_fails_the_step_with_the_reason(runtime: A
     assert report.status == "failed"
     each = {step.id: step for step in report.steps}["each"]
     assert each.error is not None and "not a list" in each.error, each
+
+
+def test_async_agents_wait_together_on_the_shared_loop_and_are_cut_off_at_their_limit(
+    runtime: Any,
+) -> None:
+    from tests.support.teams import agent
+
+    team = Team.from_yaml(
+        team_yaml(
+            "dag",
+            [
+                {"id": "a", "agent": "async_timed", "task": "0.5"},
+                {"id": "b", "agent": "async_timed", "task": "0.5"},
+                {"id": "late", "agent": "slow_async", "task": "5"},
+            ],
+            agents={"slow_async": agent("async_timed", timeout=0.3, max_attempts=1)},
+        ),
+        source="async.yaml",
+    )
+    report = team.run(None, timeout=30)
+    steps = {step.id: step for step in report.steps}
+    assert steps["a"].status == steps["b"].status == "completed"
+    assert steps["late"].status == "failed"
+    assert (steps["late"].error or "").startswith("AttemptTimeout"), steps["late"]
+    out = outputs_of(runtime, report)
+    # Both waits overlapped: the second started before the first ended.
+    assert max(out["a"]["started"], out["b"]["started"]) < min(out["a"]["ended"], out["b"]["ended"])

@@ -99,6 +99,9 @@ class ConnectionWatch:
                     text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a"),
                     {"a": APPLICATION},
                 ).scalar()
+                # pg_stat_activity is a snapshot taken once per transaction: end it, or
+                # every later sample repeats the first.
+                connection.rollback()
                 self.peak = max(self.peak, int(held or 0))
                 self.samples += 1
 
