@@ -16,10 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from orchestration.constants import RETRYING
 from orchestration.store.breakers import aware
 from orchestration.store.maintenance import MaintenanceRecords
-from orchestration.store.models import StepRow
 from orchestration.store.repository import now
 
 log = logging.getLogger("troupe.reaper")
@@ -57,10 +55,12 @@ def reap(
         running, latest_attempt = store.attempt_activity(execution.id)
         if running:
             continue
-        steps = store.steps(execution.id)
-        if _waiting_to_retry(steps, stamp, lease_ttl):
-            continue
-        last = _last_activity(steps, aware(execution.created_at) or stamp)
+        activity = store.step_activity(execution.id, due_after=stamp - timedelta(seconds=lease_ttl))
+        if activity.retry_due:
+            continue  # a step waits for its retry, due soon or just now
+        last = aware(execution.created_at) or stamp
+        if activity.latest is not None:
+            last = max(last, activity.latest)
         if latest_attempt is not None:
             last = max(last, latest_attempt)
         resumed = aware(execution.resumed_at)
@@ -72,25 +72,6 @@ def reap(
             resume(execution.id)
             report.resumed.append(execution.id)
     return report
-
-
-def _waiting_to_retry(steps: list[StepRow], stamp: datetime, lease_ttl: float) -> bool:
-    for row in steps:
-        if row.status == RETRYING:
-            due = aware(row.next_attempt_at)
-            if due is not None and due > stamp - timedelta(seconds=lease_ttl):
-                return True
-    return False
-
-
-def _last_activity(steps: list[StepRow], created: datetime) -> datetime:
-    moments = [created]
-    for row in steps:
-        for value in (row.started_at, row.finished_at, row.next_attempt_at):
-            stamp = aware(value)
-            if stamp is not None:
-                moments.append(stamp)
-    return max(moments)
 
 
 class ReaperThread:

@@ -28,12 +28,13 @@ from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.repository import Store, is_transient
 from workers.app import app
-from workers.delegation import Delegation, Delivery, Limits, Outcome, RetryLater, team_of
+from workers.delegation import Delegation, Delivery, Limits, RetryLater, map_step_of, team_of
 from workers.health import run_heartbeat
 from workers.publish import TaskMessage, delegation_message, first_messages, publish
 from workers.reaper import ReaperThread
 from workers.reaper import reap as reap_lost_work
 from workflows.outcome import decide_outcome
+from workflows.plan import ExecutionPlan
 from workflows.scheduling import resumption
 
 log = logging.getLogger("troupe.worker")
@@ -249,10 +250,8 @@ def _messages(
     ]
 
 
-def _agent_of(plan: Any, step_id: str) -> str:
-    from workers.delegation import map_step_of
-
-    return str(plan.step(map_step_of(step_id)).agent)
+def _agent_of(plan: ExecutionPlan, step_id: str) -> str:
+    return plan.step(map_step_of(step_id)).agent
 
 
 def _agent(delivery: Delivery) -> str:
@@ -354,4 +353,4 @@ def reap_once() -> dict[str, Any]:
     return {"lost_attempts": len(report.lost_attempts), "resumed": report.resumed}
 
 
-__all__ = ["Outcome", "delegate", "finalize", "finish_execution", "heartbeat", "reap", "start"]
+__all__ = ["delegate", "finalize", "finish_execution", "heartbeat", "reap", "start"]

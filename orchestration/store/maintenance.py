@@ -3,6 +3,7 @@ last activity, and the claim that lets one reaper resume an execution."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
@@ -11,6 +12,7 @@ from orchestration.constants import (
     EXECUTION_FINAL,
     OUTCOME_LOST,
     PENDING,
+    RETRYING,
     RUNNING,
 )
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
@@ -21,8 +23,15 @@ from orchestration.store.repository import (
     mark_lost,
     now,
     plain_update,
-    read_steps,
 )
+
+
+@dataclass(frozen=True)
+class StepActivity:
+    # A step waits for a retry due after the moment asked about.
+    retry_due: bool
+    # The latest start, end or scheduled retry of any step.
+    latest: datetime | None
 
 
 class MaintenanceRecords:
@@ -86,6 +95,22 @@ class MaintenanceRecords:
             )
 
     @_retrying
+    def step_activity(self, execution_id: str, *, due_after: datetime) -> StepActivity:
+        """What the stall check needs of an execution's steps, in one aggregate row:
+        a 10,000-step execution's rows, loaded every round in every worker, had grown
+        the worker's memory by tens of MiB."""
+        query = select(
+            func.count().filter(StepRow.status == RETRYING, StepRow.next_attempt_at > due_after),
+            func.max(StepRow.started_at),
+            func.max(StepRow.finished_at),
+            func.max(StepRow.next_attempt_at),
+        ).where(StepRow.execution_id == execution_id)
+        with self._store.reader.connect() as connection:
+            row = connection.execute(query).one()
+        moments = [_aware(value) for value in row[1:] if value is not None]
+        return StepActivity(retry_due=bool(row[0]), latest=max(moments) if moments else None)
+
+    @_retrying
     def claim_resume(self, execution_id: str, not_since: datetime) -> bool:
         """Record that this reaper resumes the execution, unless one did after
         ``not_since`` (several workers reap at once: one of them resumes it)."""
@@ -100,7 +125,3 @@ class MaintenanceRecords:
                 .values(resumed_at=now())
             )
             return bool(claimed.rowcount)
-
-    @_retrying
-    def steps(self, execution_id: str) -> list[StepRow]:
-        return read_steps(self._store, execution_id)

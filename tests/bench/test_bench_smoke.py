@@ -63,7 +63,7 @@ def test_quick_benchmarks_print_one_json_line_per_figure(redis_url: str, postgre
 @pytest.mark.timeout(150)
 def test_agent_workload_benchmarks_print_their_figures(redis_url: str, postgres_url: str) -> None:
     """The crossed DAG, the I/O fan-out on a threads pool and the map step, tiny."""
-    sizes = ["dag_slow=1", "io_width=20", "io_wait=1", "map_items=5", "warmup=2"]
+    sizes = ["dag_slow=1", "io_width=10", "io_wait=1", "map_items=3", "warmup=1"]
     command = [sys.executable, "-m", "bench", "--quick", "--only", "dag,io_fanout,map"]
     for size in sizes:
         command += ["--size", size]
