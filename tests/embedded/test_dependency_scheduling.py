@@ -149,3 +149,61 @@ def test_async_agents_wait_together_on_the_shared_loop_and_are_cut_off_at_their_
     out = outputs_of(runtime, report)
     # Both waits overlapped: the second started before the first ended.
     assert max(out["a"]["started"], out["b"]["started"]) < min(out["a"]["ended"], out["b"]["ended"])
+
+
+def test_a_map_of_one_and_of_500_items(runtime: Any) -> None:
+    steps: list[dict[str, Any]] = [
+        {"id": "split", "agent": "split"},
+        {"id": "each", "agent": "per_item", "for_each": "steps.split.output.files"},
+    ]
+    one = run("dag", steps, input=["only"])
+    assert one.status == "completed", one
+    assert one.output == [{"item": "only", "index": 0, "attempt": 1}]
+    many = run("dag", steps, input=list(range(500)))
+    assert many.status == "completed", many
+    assert [out["item"] for out in many.output] == list(range(500))
+    assert len(many.steps) == 502
+
+
+def test_a_redelivered_expansion_adds_no_item_twice(runtime: Any) -> None:
+    """The map step's message delivered twice (its worker died after the expansion's
+    commit, say): the second copy adds nothing and sends the items that are still
+    undecided again, so none is lost either."""
+    import uuid
+
+    from orchestration.store.delegations import DelegationRecords
+    from orchestration.store.repository import AttemptEnd, Countdown, now
+    from workers.delegation import Delivery
+    from workers.tasks import delegation
+
+    team = Team.from_yaml(
+        team_yaml(
+            "dag",
+            [
+                {"id": "split", "agent": "split"},
+                {"id": "each", "agent": "per_item", "for_each": "steps.split.output.files"},
+            ],
+        ),
+        source="map.yaml",
+    )
+    execution_id = str(uuid.uuid4())
+    runtime.executions.create_execution(
+        execution_id, team.spec.model_dump(mode="json"), team.plan, None
+    )
+    split = AttemptEnd(execution_id, "split", 1, "split", "t-split", "test", now(), 1)
+    decided = DelegationRecords(runtime.store).record_success(
+        split, {"files": ["a", "b", "c"]}, Countdown(("each",))
+    )
+    assert decided is not None and decided.ready == ("each",)
+
+    runner = delegation()
+    first = runner.run(Delivery(execution_id, "each", 1, task_id="t-each", worker="test"))
+    again = runner.run(Delivery(execution_id, "each", 1, task_id="t-each", worker="test"))
+
+    items = ["each[0]", "each[1]", "each[2]"]
+    assert [sid for sid, _ in first.send] == items
+    assert sorted(sid for sid, _ in again.send) == items
+    rows = runtime.executions.steps(execution_id)
+    assert [row.step_id for row in rows] == ["split", "each", *items]
+    assert [row.item for row in rows[2:]] == ["a", "b", "c"]
+    assert rows[1].waiting == 3 and rows[1].fan_out == 3
