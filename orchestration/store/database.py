@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +102,28 @@ def _alembic_config(url: str) -> Any:
     return config
 
 
+@contextmanager
+def _schema_connection(url: str, *, transaction: bool) -> Iterator[Any]:
+    """A connection for checking or migrating the schema. On a server, one of its own,
+    closed after: the process's pool, sized by its connection bound, is created later by
+    the store (a worker checks the schema before anything else)."""
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = get_engine(url)
+        with engine.begin() if transaction else engine.connect() as connection:
+            yield connection
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() if transaction else engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
 def upgrade_schema(url: str) -> None:
     from alembic import command
 
-    engine = get_engine(url)
-    with engine.begin() as connection:
+    with _schema_connection(url, transaction=True) as connection:
         config = _alembic_config(url)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
@@ -115,7 +134,7 @@ def schema_is_current(url: str) -> bool:
     from alembic.script import ScriptDirectory
 
     heads = set(ScriptDirectory.from_config(_alembic_config(url)).get_heads())
-    with get_engine(url).connect() as connection:
+    with _schema_connection(url, transaction=False) as connection:
         if not inspect(connection).has_table("alembic_version"):
             return False
         current = set(MigrationContext.configure(connection).get_current_heads())
