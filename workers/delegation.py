@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -107,8 +107,6 @@ class Outcome:
     # The execution's end was recorded with this step's result.
     finalized: bool = False
     retry: RetryLater | None = None
-    # A copy of an ended attempt: nothing moves, Celery forgets the message.
-    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,7 +267,7 @@ class Delegation:
                 return Outcome()  # a copy that comes after the end moves nothing
             return self.redrive(delivery.execution_id, delivery.step_id, delivery.task_id)
         if isinstance(decision, d.Stale):
-            return Outcome(stale=True)
+            return Outcome()  # a copy of an ended attempt: nothing moves
         if isinstance(decision, d.LookLater):
             return Outcome(retry=self._later(decision.seconds, delivery.attempt, delivery))
         if isinstance(decision, d.Decide):
@@ -581,7 +579,6 @@ class _State:
     view: d.View
     delivery: Delivery
     execution_status: str | None
-    _finishes: bool | None = field(default=None)
 
     @property
     def is_item(self) -> bool:

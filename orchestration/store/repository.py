@@ -207,7 +207,6 @@ class Store:
             else None
         )
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self._registered: set[tuple[str, str]] = set()
 
     def session(self) -> Session:
         return self._session()
