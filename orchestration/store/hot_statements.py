@@ -96,6 +96,8 @@ def _sql_list(values: frozenset[str]) -> str:
 _STEP_FINAL_SQL = _sql_list(_FINAL)
 _EXECUTION_FINAL_SQL = _sql_list(frozenset({COMPLETED, "failed", CANCELLED}))
 
+# An attempt marked lost may still end: its lease lapsed while the database was out of
+# reach, not because its worker died. Its real end replaces the guess.
 END_ATTEMPT_SQL: Final = """
 INSERT INTO troupe_attempts (execution_id, step_id, attempt, agent, task_id, worker,
     started_at, finished_at, duration_ms, outcome, error_type, error_message)
@@ -105,7 +107,7 @@ ON CONFLICT (execution_id, step_id, attempt) DO UPDATE SET
     finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
     outcome = excluded.outcome, error_type = excluded.error_type,
     error_message = excluded.error_message
-WHERE troupe_attempts.outcome IS NULL"""
+WHERE troupe_attempts.outcome IS NULL OR troupe_attempts.outcome = 'lost'"""
 
 MARK_EXECUTION_RUNNING_SQL: Final = f"""
 UPDATE troupe_executions SET status = '{RUNNING}', started_at = :started
