@@ -123,3 +123,16 @@ class InternalError(TroupeError):
 
 class AgentLoadError(AgentError):
     """An agent's target cannot be imported or is not callable."""
+
+
+class BudgetExceeded(PermanentAgentError):
+    """A call did not fit in what is left of its execution's budget: it was not made."""
+
+
+class AgentProtocolError(PermanentAgentError):
+    """A remote agent or model answered with something Troupe cannot use (not JSON, no
+    choices, a reply that breaks its output schema after every repair)."""
+
+
+class SecretMissing(PermanentAgentError):
+    """An environment variable an agent's key or header names is not set in the worker."""

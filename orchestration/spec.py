@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    model_validator,
+)
 
 from orchestration.team_limits import (
     MAX_AGENT_NAME,
     MAX_AGENTS,
     MAX_EXCEPTION_NAME,
     MAX_EXCEPTION_NAMES,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    MAX_MODEL,
+    MAX_SCHEMA_KEYS,
     MAX_SECONDS,
     MAX_STEP_ID,
     MAX_STEPS,
     MAX_TARGET,
     MAX_TEAM_NAME,
     MAX_TEXT,
+    MAX_TOOLS,
     MAX_URL,
 )
 from workflows.conditions import (
@@ -39,6 +52,11 @@ StepId = Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=MAX_STEP_ID)]
 Target = Annotated[str, Field(pattern=TARGET_PATTERN, max_length=MAX_TARGET)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=MAX_URL)]
+HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=100)]
+HeaderValue = Annotated[str, Field(max_length=MAX_HEADER_VALUE)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
+JsonSchema = Annotated[dict[str, Any], Field(max_length=MAX_SCHEMA_KEYS)]
 ExceptionNames = Annotated[
     tuple[Annotated[str, Field(max_length=MAX_EXCEPTION_NAME)], ...],
     Field(max_length=MAX_EXCEPTION_NAMES),
@@ -145,9 +163,9 @@ class HealthCheck(_Model):
         return self
 
 
-class AgentSpec(_Model):
-    kind: Literal["python"] = "python"
-    target: Target
+class _AgentFields(_Model):
+    """What every agent kind declares: how its calls are bounded, retried and guarded."""
+
     description: Text | None = None
     timeout: Annotated[float, Field(gt=0, le=86400)] = 60.0
     retry: RetryPolicy = RetryPolicy()
@@ -162,6 +180,93 @@ class AgentSpec(_Model):
         if self.breaker.when_open is not None:
             return self.breaker.when_open
         return WhenOpen.FALLBACK if self.fallback else WhenOpen.FAIL
+
+    @property
+    def probe(self) -> HealthCheck | None:
+        """How the heartbeat probes this agent, if at all."""
+        return self.health
+
+
+class PythonAgentSpec(_AgentFields):
+    """An importable callable, sync or async: ``package.module:function``."""
+
+    kind: Literal["python"] = "python"
+    target: Target
+
+
+class HttpAgentSpec(_AgentFields):
+    """A remote agent service: each call is a JSON POST to ``url``."""
+
+    kind: Literal["http"]
+    url: HttpUrl
+    # Header values may name environment variables (``Bearer ${API_TOKEN}``): they are
+    # read in the worker at call time, so the stored spec holds the names only.
+    headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=MAX_HEADERS)] = {}
+    health_url: HttpUrl | None = None
+
+    @property
+    def probe(self) -> HealthCheck | None:
+        if self.health is None and self.health_url is not None:
+            return HealthCheck(url=self.health_url)
+        return self.health
+
+
+class OpenAIAgentSpec(_AgentFields):
+    """A model behind an OpenAI-compatible chat-completions endpoint."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    kind: Literal["openai"]
+    base_url: HttpUrl = "https://api.openai.com/v1"
+    model: Annotated[str, Field(min_length=1, max_length=MAX_MODEL)]
+    # The name of the environment variable holding the key, never the key itself.
+    api_key_env: EnvName | None = "OPENAI_API_KEY"
+    system: Text | None = None
+    # A Jinja template (sandboxed) over task, input, steps.<id>.output, item and index.
+    prompt: Text | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    # JSON Schema the reply must satisfy; ``json: true`` asks for any JSON object.
+    output_schema: JsonSchema | None = None
+    json_output: bool = Field(default=False, alias="json")
+    # Invalid replies sent back to the model with the validation error, per attempt.
+    max_repairs: Annotated[int, Field(ge=0, le=10)] = 2
+    # Importable callables the model may call; their schemas come from their type hints.
+    tools: Annotated[tuple[Target, ...], Field(max_length=MAX_TOOLS)] = ()
+    max_turns: Annotated[int, Field(ge=1, le=100)] = 8
+
+    @property
+    def structured(self) -> bool:
+        return self.output_schema is not None or self.json_output
+
+
+AGENT_KINDS = ("python", "http", "openai")
+
+
+def _agent_kind(value: Any) -> str:
+    # ``kind`` may be left out for the original kind, python.
+    if isinstance(value, dict):
+        kind = value.get("kind", "python")
+        return kind if isinstance(kind, str) else "python"
+    return str(getattr(value, "kind", "python"))
+
+
+AgentSpec = Annotated[
+    Annotated[PythonAgentSpec, Tag("python")]
+    | Annotated[HttpAgentSpec, Tag("http")]
+    | Annotated[OpenAIAgentSpec, Tag("openai")],
+    Discriminator(
+        _agent_kind,
+        custom_error_type="agent_kind",
+        custom_error_message="kind must be python, http or openai",
+    ),
+]
+_agent_spec = TypeAdapter[AgentSpec](AgentSpec)
+
+
+def parse_agent(data: Any) -> AgentSpec:
+    """One agent's spec (as stored, or as written in a team file), validated."""
+    return _agent_spec.validate_python(data)
 
 
 class StepSpec(_Model):

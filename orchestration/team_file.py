@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from orchestration.agents.python_callable import load_target
 from orchestration.bounded_yaml import load_bounded
 from orchestration.errors import AgentLoadError, TeamFileError
-from orchestration.spec import SpecProblem, TeamSpec
+from orchestration.spec import AGENT_KINDS, OpenAIAgentSpec, PythonAgentSpec, SpecProblem, TeamSpec
 from orchestration.team_limits import MAX_FILE_BYTES
 
 # An error quotes what it refuses, but only a glance of it: the value may be megabytes,
@@ -99,7 +99,11 @@ def validate_team_data(data: dict[str, Any], source: str) -> TeamSpec:
 
 def check_targets(spec: TeamSpec, source: str) -> None:
     for name, agent in spec.agents.items():
-        targets = [("target", agent.target)]
+        targets = []
+        if isinstance(agent, PythonAgentSpec):
+            targets.append(("target", agent.target))
+        if isinstance(agent, OpenAIAgentSpec):
+            targets.extend((f"tools[{i}]", tool) for i, tool in enumerate(agent.tools))
         if agent.health is not None and agent.health.target is not None:
             targets.append(("health.target", agent.health.target))
         for field, target in targets:
@@ -185,7 +189,9 @@ def _describe(error: Any, data: dict[str, Any]) -> tuple[str | None, str]:
 
 def _dotted(loc: tuple[Any, ...], data: Any) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if i == 2 and loc[0] == "agents" and part in AGENT_KINDS:
+            continue  # the tag pydantic adds for the agent's kind: not a field of the file
         if isinstance(part, int):
             out += f"[{part}]"
         elif str(part).startswith("function-") or part in ("[key]",):

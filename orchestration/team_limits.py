@@ -27,7 +27,11 @@ __all__ = [
     "MAX_EXPRESSION_DEPTH",
     "MAX_EXPRESSION_NESTING",
     "MAX_FILE_BYTES",
+    "MAX_HEADERS",
+    "MAX_HEADER_VALUE",
+    "MAX_MODEL",
     "MAX_NUMBER_CHARS",
+    "MAX_SCHEMA_KEYS",
     "MAX_SECONDS",
     "MAX_STEPS",
     "MAX_STEP_ID",
@@ -36,6 +40,7 @@ __all__ = [
     "MAX_TEAM_EXPRESSION_CHARS",
     "MAX_TEAM_NAME",
     "MAX_TEXT",
+    "MAX_TOOLS",
     "MAX_URL",
     "MAX_YAML_DEPTH",
     "MAX_YAML_NODES",
@@ -62,6 +67,12 @@ MAX_AGENT_NAME = 200  # troupe_steps.agent, troupe_attempts.agent, troupe_agents
 MAX_STEP_ID = 100
 MAX_TARGET = 200  # package.module:function
 MAX_URL = 2_000
+MAX_MODEL = 200  # an openai agent's model name
+MAX_HEADERS = 50  # an http agent's headers
+MAX_HEADER_VALUE = 4_000
+MAX_TOOLS = 64  # an openai agent's tools
+# An output schema's top-level keys; the YAML node bound holds the rest of it.
+MAX_SCHEMA_KEYS = 1_000
 MAX_EXCEPTION_NAME = 200  # an entry of retry_on / no_retry_on
 MAX_EXCEPTION_NAMES = 100
 MAX_TEXT = 20_000  # a description or a task (an instruction for the agent)

@@ -18,7 +18,7 @@ import httpx
 from orchestration.agents.python_callable import load_target
 from orchestration.errors import AttemptTimeout
 from orchestration.resilience.time_limit import call_with_time_limit
-from orchestration.spec import AgentSpec, HealthCheck
+from orchestration.spec import AgentSpec, HealthCheck, parse_agent
 from orchestration.store.agent_registry import AgentRegistry, by_identity
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.repository import Store
@@ -57,8 +57,8 @@ def run_heartbeat(store: Store, breakers: BreakerStore) -> list[ProbeResult]:
     probed = []
     for identity, rows in by_identity(registry.agents()).items():
         for row in rows:
-            spec = AgentSpec.model_validate(row.spec)
-            if spec.health is not None:
+            spec = parse_agent(row.spec)
+            if spec.probe is not None:
                 probed.append((identity, spec))
                 break
     if not probed:
@@ -66,16 +66,17 @@ def run_heartbeat(store: Store, breakers: BreakerStore) -> list[ProbeResult]:
 
     def one(item: tuple[str, AgentSpec]) -> ProbeResult:
         identity, spec = item
-        assert spec.health is not None
+        check = spec.probe
+        assert check is not None
         started = time.perf_counter()
-        healthy, detail = probe(spec.health)
+        healthy, detail = probe(check)
         latency = int((time.perf_counter() - started) * 1000)
         registry.record_heartbeat(identity, healthy, latency, detail)
         state = breakers.record_probe(
             identity,
             spec.breaker,
             healthy=healthy,
-            failures_to_open=spec.health.failures_to_open,
+            failures_to_open=check.failures_to_open,
             detail=detail,
         )
         return ProbeResult(identity, healthy, latency, detail, state)

@@ -5,14 +5,15 @@ whichever team declares them, so they share one breaker and one heartbeat; two a
 that share a name but call different things share nothing.
 
 - ``python``: ``python:<module>:<callable>``
-- (kinds to come) ``http``: ``http:<url>``; ``openai``: ``openai:<base_url>#<model>``
+- ``http``: ``http:<url>``
+- ``openai``: ``openai:<base_url>#<model>``
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from orchestration.spec import AgentSpec
+from orchestration.spec import AgentSpec, HttpAgentSpec, OpenAIAgentSpec, PythonAgentSpec
 
 # The width of the columns that hold an identity (troupe_breakers.key,
 # troupe_agents.identity, troupe_heartbeats.identity).
@@ -24,9 +25,13 @@ _DIGEST_CHARS = 32
 
 def agent_identity(spec: AgentSpec) -> str:
     """The identity of what ``spec`` calls, at most MAX_LENGTH characters."""
-    if spec.kind == "python":
-        return bounded(f"python:{spec.target}")
-    raise NotImplementedError(f"agent kind {spec.kind!r}")  # pragma: no cover - spec forbids
+    match spec:
+        case PythonAgentSpec():
+            return bounded(f"python:{spec.target}")
+        case HttpAgentSpec():
+            return bounded(f"http:{spec.url}")
+        case OpenAIAgentSpec():
+            return bounded(f"openai:{spec.base_url.rstrip('/')}#{spec.model}")
 
 
 def bounded(identity: str) -> str:

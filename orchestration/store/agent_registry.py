@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestration.agents.identity import agent_identity
 from orchestration.constants import OUTCOME_REJECTED, OUTCOME_SUCCESS
-from orchestration.spec import AgentSpec
+from orchestration.spec import parse_agent
 from orchestration.store.models import AgentRow, AttemptRow, ExecutionRow, HeartbeatRow
 from orchestration.store.repository import Store, _retrying, now
 
@@ -42,9 +42,7 @@ class AgentRegistry:
         seen = _registered.setdefault(self._store, set())
         if fingerprint in seen:
             return  # this process registered exactly these agents already
-        identities = {
-            name: agent_identity(AgentSpec.model_validate(spec)) for name, spec in agents.items()
-        }
+        identities = {name: agent_identity(parse_agent(spec)) for name, spec in agents.items()}
         for attempt in range(_REGISTER_ATTEMPTS):
             try:
                 self._register(team, agents, identities)

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import update
 
 from orchestration.resilience.breaker import CLOSED, HALF_OPEN, OPEN
-from orchestration.spec import AgentSpec, TeamSpec
+from orchestration.spec import TeamSpec, parse_agent
 from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import ensure_schema
@@ -60,7 +60,7 @@ def spec(health: dict[str, Any] | None, target: str = "ok", **breaker: Any) -> d
         fields["health"] = health
     if breaker:
         fields["breaker"] = breaker
-    return AgentSpec.model_validate(fields).model_dump(mode="json")
+    return parse_agent(fields).model_dump(mode="json")
 
 
 def probe(name: str, **fields: Any) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def test_failed_probes_open_the_breaker_and_a_healthy_one_half_opens_it_after_co
     assert view.snapshot.state == OPEN
     assert view.snapshot.last_error is not None
     assert "2 failed health probes" in view.snapshot.last_error
-    assert not breakers.admit(wobbly, AgentSpec.model_validate(spec(None)).breaker).allowed
+    assert not breakers.admit(wobbly, parse_agent(spec(None)).breaker).allowed
     assert breakers.get("wobbly") is None  # the agent's name keys nothing
 
     # Healthy again, but the cool-down has not passed: still open.
@@ -190,7 +190,7 @@ def test_teams_calling_the_same_target_share_one_probe_and_one_breaker(
     assert len(_all_heartbeats(store)) == 2
 
     # Team B's agent, named differently, is refused by the same breaker.
-    policy = AgentSpec.model_validate(spec(None)).breaker
+    policy = parse_agent(spec(None)).breaker
     assert not BreakerStore(store).admit(identity("ok"), policy).allowed
 
 
@@ -209,7 +209,7 @@ def test_same_named_agents_calling_different_targets_are_probed_apart(
         True,
         CLOSED,
     )
-    policy = AgentSpec.model_validate(spec(None)).breaker
+    policy = parse_agent(spec(None)).breaker
     breakers = BreakerStore(store)
     assert not breakers.admit(identity("ok"), policy).allowed
     assert breakers.admit(identity("slow"), policy).allowed

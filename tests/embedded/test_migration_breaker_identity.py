@@ -17,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from orchestration.agents.identity import agent_identity, bounded
-from orchestration.spec import AgentSpec
+from orchestration.spec import parse_agent
 from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.database import MIGRATIONS_DIR, get_engine
@@ -195,7 +195,7 @@ def test_upgrade_keys_old_rows_by_identity_and_downgrade_restores_names(url: str
         (team, name): bounded(f"python:{target}") for name, (team, target) in OLD_AGENTS.items()
     }
     # The same keys the code computes for the agents a team file can still declare.
-    assert rows[("beta", "g")] == agent_identity(AgentSpec.model_validate(spec("pkg.other:g")))
+    assert rows[("beta", "g")] == agent_identity(parse_agent(spec("pkg.other:g")))
     assert rows[("alpha", "e")] == rows[("beta", "scanner")] == SCAN
     assert len(rows[("beta", "long")]) == 200
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from orchestration.agents.identity import MAX_LENGTH, agent_identity, bounded
-from orchestration.spec import AgentSpec
+from orchestration.spec import AgentSpec, parse_agent
 
 pytestmark = pytest.mark.timeout(5)
 
 
 def python_agent(target: str, **fields: object) -> AgentSpec:
-    return AgentSpec.model_validate({"target": target, **fields})
+    return parse_agent({"target": target, **fields})
 
 
 def test_a_python_agent_is_its_target() -> None:
