@@ -33,7 +33,10 @@ class BudgetGate(Protocol):
         """``usage`` with its cost from the price table, unless it carries one."""
         ...
 
-    def reserve(self, model: str | None, tokens_in: int, tokens_out: int) -> Reservation: ...
+    def reserve(self, model: str | None, tokens_in: int, tokens_out: int | None) -> Reservation:
+        """Hold a request's worst case. ``tokens_out`` None (no ``max_tokens``) is
+        unbounded: under a budget, that raises BudgetExceeded saying so."""
+        ...
 
     def settle(self, reservation: Reservation, usage: Usage | None) -> Usage | None:
         """Replace the reservation by ``usage``, priced (returned). None: unknown (the
@@ -45,8 +48,8 @@ class _Unlimited:
     def price(self, usage: Usage) -> Usage:
         return usage
 
-    def reserve(self, model: str | None, tokens_in: int, tokens_out: int) -> Reservation:
-        return Reservation(tokens_in + tokens_out, 0.0)
+    def reserve(self, model: str | None, tokens_in: int, tokens_out: int | None) -> Reservation:
+        return Reservation(tokens_in + (tokens_out or 0), 0.0)
 
     def settle(self, reservation: Reservation, usage: Usage | None) -> Usage | None:
         return usage
