@@ -1,25 +1,30 @@
 """Troupe: run teams of AI agents reliably on Celery."""
 
-from orchestration.agents.call import AgentCall, AgentResult, Usage
+from orchestration.agents.call import AgentCall, AgentResult, ToolCall, Usage
 from orchestration.client.handle import ExecutionHandle
 from orchestration.client.report import ExecutionReport, StepReport
 from orchestration.client.team import Team, execution
 from orchestration.errors import (
+    BudgetExceeded,
     PermanentAgentError,
     TeamFileError,
     TransientAgentError,
     TroupeError,
 )
+from orchestration.spec import Budget
 
 __all__ = [
     "AgentCall",
     "AgentResult",
+    "Budget",
+    "BudgetExceeded",
     "ExecutionHandle",
     "ExecutionReport",
     "PermanentAgentError",
     "StepReport",
     "Team",
     "TeamFileError",
+    "ToolCall",
     "TransientAgentError",
     "TroupeError",
     "Usage",

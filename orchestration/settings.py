@@ -13,6 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestration.constants import DEFAULT_QUEUE
+from orchestration.spec import ModelPrice
 
 EMBEDDED_BROKER_URL = "memory://localhost/"
 EMBEDDED_RESULT_BACKEND = "cache+memory://"
@@ -82,6 +83,9 @@ class Settings(BaseSettings):
     # Embedded mode polls the in-memory queue; kombu's default of 1 s makes every hop slow.
     embedded_polling_interval: float = 0.01
     poll_interval: float = 0.1
+    # Model prices over the shipped table (orchestration/pricing.py), as JSON:
+    # TROUPE_PRICES='{"my-model": {"input": 0.5, "output": 1.5}}' (USD per 1M tokens).
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
     @property
     def lease_ttl(self) -> float:

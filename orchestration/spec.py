@@ -55,6 +55,7 @@ Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=MAX_URL)]
 HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=100)]
 HeaderValue = Annotated[str, Field(max_length=MAX_HEADER_VALUE)]
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL)]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
 JsonSchema = Annotated[dict[str, Any], Field(max_length=MAX_SCHEMA_KEYS)]
 ExceptionNames = Annotated[
@@ -218,7 +219,7 @@ class OpenAIAgentSpec(_AgentFields):
 
     kind: Literal["openai"]
     base_url: HttpUrl = "https://api.openai.com/v1"
-    model: Annotated[str, Field(min_length=1, max_length=MAX_MODEL)]
+    model: ModelName
     # The name of the environment variable holding the key, never the key itself.
     api_key_env: EnvName | None = "OPENAI_API_KEY"
     system: Text | None = None
@@ -305,9 +306,41 @@ class WorkflowSpec(_Model):
         return dependencies(self.strategy, self.steps)
 
 
+class Budget(_Model):
+    """The most an execution may spend on its calls, in USD and in tokens (in + out)."""
+
+    max_cost_usd: Annotated[float, Field(gt=0, le=1e9)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=10**15)] | None = None
+
+    def merged(self, override: Budget | None) -> Budget:
+        """This budget with each limit ``override`` gives replacing it."""
+        if override is None:
+            return self
+        return Budget(
+            max_cost_usd=override.max_cost_usd
+            if override.max_cost_usd is not None
+            else self.max_cost_usd,
+            max_tokens=override.max_tokens if override.max_tokens is not None else self.max_tokens,
+        )
+
+
+class ModelPrice(_Model):
+    """USD per million tokens. Cached input defaults to the input price."""
+
+    input: Annotated[float, Field(ge=0, le=1e6)]
+    output: Annotated[float, Field(ge=0, le=1e6)]
+    cached_input: Annotated[float, Field(ge=0, le=1e6)] | None = None
+
+
+PriceTable = Annotated[dict[ModelName, ModelPrice], Field(max_length=MAX_AGENTS)]
+
+
 class TeamSpec(_Model):
     name: Annotated[str, Field(min_length=1, max_length=MAX_TEAM_NAME)]
     description: Text | None = None
+    budget: Budget | None = None
+    # Prices of models this team's agents use, over the shipped table and settings'.
+    prices: PriceTable = {}
     agents: Annotated[
         dict[Annotated[AgentName, Field(pattern=AGENT_NAME_PATTERN)], AgentSpec],
         Field(min_length=1, max_length=MAX_AGENTS),

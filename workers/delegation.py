@@ -15,24 +15,28 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from orchestration.agents.call import AgentCall
 from orchestration.agents.identity import agent_identity
 from orchestration.agents.registry import build_adapter
+from orchestration.agents.secrets import redact
 from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
 from orchestration.engine import decisions as d
 from orchestration.errors import CircuitOpen, InternalError
+from orchestration.pricing import Prices
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
 from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
-from orchestration.spec import AgentSpec, TeamSpec, WhenOpen
+from orchestration.spec import AgentSpec, Budget, ModelPrice, TeamSpec, WhenOpen
+from orchestration.spending import AttemptSpending, usage_record
 from orchestration.step_state import StepState, record_of
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
+from orchestration.store.budgets import BudgetRecords
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.repository import (
     AttemptEnd,
@@ -130,6 +134,10 @@ class TeamContext:
 
     agents: dict[str, AgentSpec]
     plan: ExecutionPlan
+    # The execution's budget (the team's, or the one given at enqueue) and the team's
+    # own prices.
+    budget: Budget | None = None
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -148,7 +156,9 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
     team = _teams.get((store.url, digest))
     if team is None:
         spec = TeamSpec.model_validate(store.execution_spec(execution_id))
-        team = TeamContext(agents=spec.agents, plan=build_plan(spec))
+        team = TeamContext(
+            agents=spec.agents, plan=build_plan(spec), budget=spec.budget, prices=spec.prices
+        )
         with _cache_lock:
             _teams[(store.url, digest)] = team
             if len(_teams) > _TEAMS_KEPT:
@@ -170,10 +180,20 @@ def map_step_of(step_id: str) -> str:
 
 
 class Delegation:
-    def __init__(self, store: DelegationRecords, breakers: CachedBreakers, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: DelegationRecords,
+        breakers: CachedBreakers,
+        limits: Limits,
+        budgets: BudgetRecords,
+        prices: Mapping[str, ModelPrice] | None = None,
+    ) -> None:
         self.store = store
         self.breakers = breakers
         self.limits = limits
+        self.budgets = budgets
+        # The deployment's prices (settings), under each team's own.
+        self.prices = prices or {}
 
     def run(self, delivery: Delivery) -> Outcome:
         store = self.store
@@ -425,6 +445,13 @@ class Delegation:
         step = state.step
         attempt = call.attempt
         monitor = HeartbeatMonitor()
+        spending = AttemptSpending(
+            delivery.execution_id,
+            name,
+            Prices.layered(self.prices, state.team.prices),
+            state.team.budget,
+            self.budgets,
+        )
         agent_call = AgentCall(
             execution_id=delivery.execution_id,
             step_id=delivery.step_id,
@@ -436,6 +463,7 @@ class Delegation:
             item=state.row.item,
             index=state.row.item_index,
             _heartbeat=monitor.beat,
+            budget=spending,
         )
         limit = agent.timeout
         if call.deadline is not None:
@@ -466,6 +494,7 @@ class Delegation:
         try:
             if marked_first:
                 _own(mark_started)()
+            spending.admit()
             adapter = build_adapter(agent)
             result = call_with_time_limit(
                 lambda: adapter.invoke(agent_call),
@@ -505,10 +534,16 @@ class Delegation:
                 error=f"{failure.type}: {failure.message}",
             )
             error = AttemptError(
-                type=failure.type, message=failure.message, outcome=failure.outcome
+                type=failure.type, message=redact(failure.message), outcome=failure.outcome
             )
-            end = replace(begun, duration_ms=int(seconds * 1000), outcome=failure.outcome)
-            end = replace(end, error=error)
+            end = replace(
+                begun,
+                duration_ms=int(seconds * 1000),
+                outcome=failure.outcome,
+                error=error,
+                # Requests it settled before failing were spent all the same.
+                usage=usage_record(spending.spent),
+            )
             if failure.transient and attempt < agent.retry.max_attempts:
                 delay = next_delay(agent.retry, attempt, delivery.previous_delay, random.Random())
                 if failure.retry_after is not None:
@@ -546,9 +581,16 @@ class Delegation:
             failed=is_failure(agent.breaker, False, seconds),
             trial=admission.trial,
         )
+        usage = spending.price(result.usage)
+        spending.charge(usage)
         done = StepRecord(status=COMPLETED, output=result.output, error=None)
         decided = store.record_success(
-            replace(begun, duration_ms=int(seconds * 1000)),
+            replace(
+                begun,
+                duration_ms=int(seconds * 1000),
+                usage=usage_record(usage),
+                tool_calls=[asdict(call) for call in result.tool_calls] or None,
+            ),
             result.output,
             state.countdown,
             step_started_at=state.row.started_at,

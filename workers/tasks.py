@@ -10,8 +10,15 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
+from orchestration.agents.secrets import RedactingFilter
 from orchestration.constants import (
     DELEGATE_TASK,
     FINALIZE_TASK,
@@ -23,6 +30,7 @@ from orchestration.settings import Settings, get_settings
 from orchestration.step_state import record_of
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import BreakerStore
+from orchestration.store.budgets import BudgetRecords
 from orchestration.store.database import dispose_engines
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
@@ -71,8 +79,21 @@ def delegation() -> Delegation:
         ),
     )
     return Delegation(
-        state, CachedBreakers(BreakerStore(store()), settings.breaker_cache_ttl), limits
+        state,
+        CachedBreakers(BreakerStore(store()), settings.breaker_cache_ttl),
+        limits,
+        BudgetRecords(store()),
+        prices=settings.prices,
     )
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_secrets(logger: logging.Logger, **_: Any) -> None:
+    # An agent's key or header value read from the environment never reaches the log,
+    # whoever logs it (an HTTP library quoting a request, an agent's own print).
+    for handler in logger.handlers:
+        handler.addFilter(RedactingFilter())
 
 
 @worker_process_init.connect

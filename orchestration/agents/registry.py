@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from orchestration.agents.base import AgentAdapter
 from orchestration.agents.python_callable import PythonCallableAgent
-from orchestration.spec import AgentSpec
+from orchestration.spec import AgentSpec, HttpAgentSpec, OpenAIAgentSpec, PythonAgentSpec
 
 
 def build_adapter(spec: AgentSpec) -> AgentAdapter:
-    if spec.kind == "python":
-        return PythonCallableAgent(spec.target)
-    raise NotImplementedError(f"agent kind {spec.kind!r}")  # pragma: no cover - spec forbids
+    match spec:
+        case PythonAgentSpec():
+            return PythonCallableAgent(spec.target)
+        case HttpAgentSpec():
+            from orchestration.agents.http_service import HttpServiceAgent
+
+            return HttpServiceAgent(spec)
+        case OpenAIAgentSpec():
+            from orchestration.agents.openai_chat import OpenAIChatAgent
+
+            return OpenAIChatAgent(spec)

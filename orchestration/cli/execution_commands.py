@@ -14,6 +14,7 @@ from orchestration.client.report import ExecutionReport
 from orchestration.client.team import Team, execution
 from orchestration.errors import WaitTimeout
 from orchestration.settings import get_settings
+from orchestration.spec import Budget
 
 
 def _parse_input(text: str | None, json_text: str | None) -> Any:
@@ -42,6 +43,16 @@ def _exit_code(report: ExecutionReport) -> int:
     type=click.FloatRange(min=0, min_open=True),
     help="Stop waiting after this many seconds (exit 3).",
 )
+@click.option(
+    "--max-cost-usd",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    help="Budget of this run in USD (replaces the team file's).",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1, max=10**15),
+    help="Budget of this run in tokens, in + out (replaces the team file's).",
+)
 def run_team(
     team_file: str,
     input_text: str | None,
@@ -49,9 +60,14 @@ def run_team(
     as_json: bool,
     no_wait: bool,
     timeout: float | None,
+    max_cost_usd: float | None,
+    max_tokens: int | None,
 ) -> int:
     """Run TEAM_FILE and wait for its result."""
     input_value = _parse_input(input_text, input_json)
+    budget = None
+    if max_cost_usd is not None or max_tokens is not None:
+        budget = Budget(max_cost_usd=max_cost_usd, max_tokens=max_tokens)
     settings = get_settings()
     if no_wait and settings.embedded:
         raise click.UsageError(
@@ -62,7 +78,7 @@ def run_team(
     console = Console(stderr=as_json, highlight=False)
     for agent, state in team.open_breakers().items():
         click.echo(f"warning: agent {agent!r} circuit breaker is {state}", err=True)
-    handle = team.enqueue(input_value, check_worker=not no_wait)
+    handle = team.enqueue(input_value, check_worker=not no_wait, budget=budget)
     if no_wait:
         click.echo(
             json.dumps({"execution_id": handle.execution_id}) if as_json else handle.execution_id

@@ -95,12 +95,37 @@ def print_result(console: Console, report: ExecutionReport) -> None:
             step.error or report.reasons.get(step.id) or "",
         )
     console.print(table)
+    if report.usage is not None:
+        print_usage(console, report)
     style = _STYLE.get(report.status, "")
     console.print(Text(f"execution {report.status}", style=f"bold {style}"))
     if report.error:
         console.print(Text(report.error, style="red"))
     console.print("output:")
     console.print_json(json.dumps(report.output, ensure_ascii=False, default=str))
+
+
+def print_usage(console: Console, report: ExecutionReport) -> None:
+    """Tokens and cost per agent, then the total."""
+    table = Table(title="usage", title_justify="left")
+    for column in ("agent", "tokens in", "tokens out", "cost (USD)"):
+        table.add_column(column, justify="left" if column == "agent" else "right")
+    rows = [*report.usage_by_agent.items()]
+    if report.usage is not None:
+        rows.append(("total", report.usage))
+    for name, usage in rows:
+        table.add_row(
+            Text(name, style="bold" if name == "total" else ""),
+            f"{usage.tokens_in:,}",
+            f"{usage.tokens_out:,}",
+            _cost(usage.cost_usd),
+        )
+    console.print(table)
+
+
+def _cost(value: float | None) -> str:
+    # Unknown (a model with no price) is not free: say so rather than print 0.
+    return "unknown" if value is None else f"{value:.6f}"
 
 
 def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: str) -> None:

@@ -32,9 +32,13 @@ class ExecutionHandle:
     def __repr__(self) -> str:
         return f"ExecutionHandle({self.execution_id!r})"
 
-    def report(self) -> ExecutionReport:
+    def report(self, *, usage: bool = True) -> ExecutionReport:
+        """The execution as it stands. ``usage=False`` leaves out tokens and cost (a
+        read of every attempt), as a progress display polling it does."""
         return build_report(
-            self._store.execution(self.execution_id), self._store.steps(self.execution_id)
+            self._store.execution(self.execution_id),
+            self._store.steps(self.execution_id),
+            self._store.usage(self.execution_id) if usage else None,
         )
 
     def status(self) -> str:
@@ -53,10 +57,10 @@ class ExecutionHandle:
         pause = 0.002 if on_progress is None else self._poll_interval
         while True:
             if on_progress is not None:
-                report = self.report()
+                report = self.report(usage=False)
                 on_progress(report)
                 if report.finished:
-                    return report
+                    return self.report()
             elif self._store.execution_status(self.execution_id) in EXECUTION_FINAL:
                 return self.report()
             if deadline is not None and time.monotonic() >= deadline:

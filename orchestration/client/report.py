@@ -7,8 +7,31 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from orchestration.agents.call import Usage
 from orchestration.constants import SKIP_CONDITION
 from orchestration.store.models import ExecutionRow, StepRow
+
+
+class UsageReport(BaseModel):
+    """Tokens and cost summed over attempts. ``cost_usd`` is None when some call's model
+    has no price: unknown, not 0."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = 0.0
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsageReport:
+        cost = usage.known_cost
+        return cls(
+            tokens_in=usage.tokens_in,
+            tokens_out=usage.tokens_out,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_usd=None if cost is None else round(cost, 8),
+        )
 
 
 class StepReport(BaseModel):
@@ -21,6 +44,8 @@ class StepReport(BaseModel):
     # A map item: its map step and its index in the list (None for a plan step).
     parent: str | None = None
     item_index: int | None = None
+    # Summed over the step's attempts; None when no attempt reported any.
+    usage: UsageReport | None = None
 
 
 class ExecutionReport(BaseModel):
@@ -32,6 +57,9 @@ class ExecutionReport(BaseModel):
     steps: list[StepReport]
     # Why each skipped or cancelled step did not run (not part of the JSON contract).
     reasons: dict[str, str]
+    # Summed over every attempt, and per agent (None/empty: nothing reported).
+    usage: UsageReport | None = None
+    usage_by_agent: dict[str, UsageReport] = {}
 
     @property
     def finished(self) -> bool:
@@ -42,6 +70,7 @@ class ExecutionReport(BaseModel):
             "execution_id": self.execution_id,
             "status": self.status,
             "output": self.output,
+            "usage": self.usage.model_dump() if self.usage is not None else None,
             "steps": [step.model_dump() for step in self.steps],
         }
 
@@ -49,19 +78,50 @@ class ExecutionReport(BaseModel):
         return json.dumps(self.to_json_dict(), ensure_ascii=False)
 
 
-def build_report(execution: ExecutionRow, steps: list[StepRow]) -> ExecutionReport:
+def build_report(
+    execution: ExecutionRow,
+    steps: list[StepRow],
+    usage: list[tuple[str, str, dict[str, Any]]] | None = None,
+) -> ExecutionReport:
+    """``usage``: (step, agent, usage) of each attempt that reported some."""
+    by_step: dict[str, Usage] = {}
+    by_agent: dict[str, Usage] = {}
+    total: Usage | None = None
+    for step_id, agent, record in usage or ():
+        one = _usage(record)
+        by_step[step_id] = by_step.get(step_id, Usage()) + one
+        by_agent[agent] = by_agent.get(agent, Usage()) + one
+        total = one if total is None else total + one
     return ExecutionReport(
         execution_id=execution.id,
         team=execution.team,
         status=execution.status,
         output=execution.output,
         error=execution.error,
-        steps=[_step_report(row) for row in steps],
+        steps=[_step_report(row, by_step.get(row.step_id)) for row in steps],
         reasons={row.step_id: row.reason for row in steps if row.reason},
+        usage=UsageReport.of(total) if total is not None else None,
+        usage_by_agent={agent: UsageReport.of(u) for agent, u in sorted(by_agent.items())},
     )
 
 
-def _step_report(row: StepRow) -> StepReport:
+def _usage(record: dict[str, Any]) -> Usage:
+    fields = {name: record[name] for name in _USAGE_FIELDS if record.get(name) is not None}
+    return Usage(**fields)
+
+
+_USAGE_FIELDS = (
+    "tokens_in",
+    "tokens_out",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "model",
+    "endpoint",
+)
+
+
+def _step_report(row: StepRow, usage: Usage | None) -> StepReport:
     if row.error_type:
         error: str | None = f"{row.error_type}: {row.error_message}"
     elif row.reason and row.skip_cause != SKIP_CONDITION:
@@ -79,4 +139,5 @@ def _step_report(row: StepRow) -> StepReport:
         error=error,
         parent=row.parent_id,
         item_index=row.item_index,
+        usage=UsageReport.of(usage) if usage is not None else None,
     )

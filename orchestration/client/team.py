@@ -12,7 +12,7 @@ from orchestration.client.report import ExecutionReport
 from orchestration.client.runtime import get_runtime
 from orchestration.resilience.breaker import CLOSED
 from orchestration.settings import get_settings
-from orchestration.spec import TeamSpec
+from orchestration.spec import Budget, TeamSpec
 from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.repository import spec_digest
@@ -51,15 +51,26 @@ class Team:
     def name(self) -> str:
         return self.spec.name
 
-    def enqueue(self, input: Any = None, *, check_worker: bool = True) -> ExecutionHandle:
-        """Record the execution, then publish its first level. Returns at once."""
+    def enqueue(
+        self, input: Any = None, *, check_worker: bool = True, budget: Budget | None = None
+    ) -> ExecutionHandle:
+        """Record the execution, then publish its first steps. Returns at once.
+
+        ``budget`` replaces the team's limits it gives (each of cost and tokens)."""
         runtime = get_runtime()
         if check_worker:
             runtime.ensure_worker()
         execution_id = str(uuid.uuid4())
         spec, digest = self._spec_json()
         AgentRegistry(runtime.store).register_agents(self.name, spec["agents"])
-        runtime.executions.create_execution(execution_id, spec, self.plan, input, digest)
+        effective = (self.spec.budget or Budget()).merged(budget)
+        if effective != self.spec.budget and effective != Budget():
+            # Workers read an execution's budget from its stored spec.
+            spec = {**spec, "budget": effective.model_dump(mode="json")}
+            digest = spec_digest(spec)
+        runtime.executions.create_execution(
+            execution_id, spec, self.plan, input, digest, budget=effective
+        )
         from workers.publish import first_messages, publish
 
         publish(runtime.app, first_messages(self.plan, execution_id, runtime.settings.queue))
@@ -86,9 +97,11 @@ class Team:
                 found[name] = f"{view.snapshot.state} ({detail})"
         return found
 
-    def run(self, input: Any = None, timeout: float | None = None) -> ExecutionReport:
+    def run(
+        self, input: Any = None, timeout: float | None = None, *, budget: Budget | None = None
+    ) -> ExecutionReport:
         """Enqueue and wait for the result."""
-        return self.enqueue(input).wait(timeout)
+        return self.enqueue(input, budget=budget).wait(timeout)
 
 
 def execution(execution_id: str) -> ExecutionHandle:

@@ -14,6 +14,7 @@ from orchestration.constants import (
     RETRYING,
 )
 from orchestration.errors import ExecutionNotFound
+from orchestration.spec import Budget
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
 from orchestration.store.repository import (
     Store,
@@ -45,6 +46,7 @@ class ExecutionRecords:
         plan: ExecutionPlan,
         input_value: Any,
         digest: str | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """The execution's row (pending) and one pending row per step, atomically."""
         execution = {
@@ -56,6 +58,8 @@ class ExecutionRecords:
             "input": input_value,
             "status": PENDING,
             "sinks_left": len(plan.sinks),
+            "max_cost_usd": budget.max_cost_usd if budget else None,
+            "max_tokens": budget.max_tokens if budget else None,
             "created_at": now(),
         }
         steps = [
@@ -94,6 +98,16 @@ class ExecutionRecords:
     @_retrying
     def steps(self, execution_id: str) -> list[StepRow]:
         return read_steps(self._store, execution_id)
+
+    @_retrying
+    def usage(self, execution_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(step, agent, usage) of every attempt of the execution that reported usage."""
+        query = select(AttemptRow.step_id, AttemptRow.agent, AttemptRow.usage).where(
+            AttemptRow.execution_id == execution_id
+        )
+        with self._store.session() as session:
+            rows = session.execute(query.order_by(AttemptRow.id)).all()
+        return [(sid, agent, usage) for sid, agent, usage in rows if usage]
 
     @_retrying
     def attempts(self, execution_id: str, step_id: str | None = None) -> list[AttemptRow]:

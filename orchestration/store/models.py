@@ -7,8 +7,10 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -50,6 +52,12 @@ class ExecutionRow(Base):
     cancel_requested_at: Mapped[datetime | None]
     # When a reaper last resumed it (compare-and-set: one reaper at a time).
     resumed_at: Mapped[datetime | None]
+    # The budget (None: no limit), and what calls spent plus what calls in flight hold
+    # reserved: a reservation is one conditional UPDATE of this row.
+    max_cost_usd: Mapped[float | None] = mapped_column(Float)
+    max_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    committed_cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    committed_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class StepRow(Base):
@@ -117,6 +125,9 @@ class AttemptRow(Base):
     # running attempt from one whose worker died.
     heartbeat_at: Mapped[datetime | None]
     progress: Mapped[Any] = mapped_column(JSON, nullable=True)
+    # What the attempt consumed (tokens, cost, model, endpoint), and its tool calls.
+    usage: Mapped[Any] = mapped_column(JSON, nullable=True)
+    tool_calls: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class BreakerRow(Base):

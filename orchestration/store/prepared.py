@@ -27,7 +27,7 @@ from orchestration.store import hot_statements as hot
 
 # Values PostgreSQL stores as json: sent as their JSON text, as SQLAlchemy's JSON type
 # would (None becomes JSON null).
-_JSON_PARAMS: Final = frozenset({"out", "final_output", "progress"})
+_JSON_PARAMS: Final = frozenset({"out", "final_output", "progress", "usage", "tool_calls"})
 _PLACEHOLDER = re.compile(r"(?<!:):(\w+)")
 
 

@@ -170,6 +170,9 @@ class AttemptEnd:
     duration_ms: int
     outcome: str = OUTCOME_SUCCESS
     error: AttemptError | None = None
+    # As JSON: what the attempt consumed, and the tools it called (None: nothing).
+    usage: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
     def params(self, finished_at: datetime) -> dict[str, Any]:
         return {
@@ -185,6 +188,8 @@ class AttemptEnd:
             "outcome": self.outcome,
             "error_type": self.error.type if self.error else None,
             "error_message": self.error.message if self.error else None,
+            "usage": self.usage,
+            "tool_calls": self.tool_calls,
         }
 
 
@@ -379,6 +384,8 @@ _EXECUTION_COLUMNS = (
     "input",
     "status",
     "sinks_left",
+    "max_cost_usd",
+    "max_tokens",
 )
 _STEP_COLUMNS = (
     "execution_id",
@@ -411,6 +418,8 @@ def _insert_script(
             json.dumps(execution["input"]),
             execution["status"],
             execution["sinks_left"],
+            execution["max_cost_usd"],
+            execution["max_tokens"],
             execution["created_at"],
         ),
     )

@@ -21,8 +21,18 @@ EXAMPLE_TEAM = "examples/code_audit/team.yaml"
 SAMPLE = "examples/code_audit/sample_project"
 CLEAN = "examples/code_audit/clean_project"
 
-REPORT_KEYS = {"execution_id", "status", "output", "steps"}
-STEP_KEYS = {"id", "agent", "status", "attempts", "duration_ms", "error", "parent", "item_index"}
+REPORT_KEYS = {"execution_id", "status", "output", "usage", "steps"}
+STEP_KEYS = {
+    "id",
+    "agent",
+    "status",
+    "attempts",
+    "duration_ms",
+    "error",
+    "parent",
+    "item_index",
+    "usage",
+}
 
 
 def run_json(args: list[str], env: dict[str, str], **kwargs: Any) -> tuple[Any, Any]:
@@ -117,6 +127,7 @@ def test_example_json_on_clean_project_skips_the_fixer(cli_env: dict[str, str]) 
         "error": None,
         "parent": None,
         "item_index": None,
+        "usage": None,
     }
     for sid in ("syntax", "todos", "secrets", "report"):
         assert steps[sid]["status"] == "completed"

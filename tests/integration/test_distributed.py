@@ -24,8 +24,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 EXAMPLE_TEAM = "examples/code_audit/team.yaml"
 SAMPLE = "examples/code_audit/sample_project"
 CLEAN = "examples/code_audit/clean_project"
-REPORT_KEYS = {"execution_id", "status", "output", "steps"}
-STEP_KEYS = {"id", "agent", "status", "attempts", "duration_ms", "error", "parent", "item_index"}
+REPORT_KEYS = {"execution_id", "status", "output", "usage", "steps"}
+STEP_KEYS = {
+    "id",
+    "agent",
+    "status",
+    "attempts",
+    "duration_ms",
+    "error",
+    "parent",
+    "item_index",
+    "usage",
+}
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
