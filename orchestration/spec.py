@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -12,6 +14,7 @@ from pydantic import (
     Field,
     Tag,
     TypeAdapter,
+    field_validator,
     model_validator,
 )
 
@@ -212,10 +215,37 @@ class HttpAgentSpec(_AgentFields):
         return self.health
 
 
+_SETTING_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _from_environment(value: Any) -> Any:
+    """``${NAME}`` or ``${NAME:-default}`` in a setting that names where to call, read
+    when the team file is loaded: one file serves a local server and a hosted one. Keys
+    are never read this way (api_key_env names a variable read at call time)."""
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found:
+            return found
+        if default is not None:
+            return default
+        raise ValueError(f"environment variable {name} is not set (or write ${{{name}:-default}})")
+
+    return _SETTING_VARIABLE.sub(one, value)
+
+
 class OpenAIAgentSpec(_AgentFields):
     """A model behind an OpenAI-compatible chat-completions endpoint."""
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("base_url", "model", mode="before")
+    @classmethod
+    def _settings_from_environment(cls, value: Any) -> Any:
+        return _from_environment(value)
 
     kind: Literal["openai"]
     base_url: HttpUrl = "https://api.openai.com/v1"
