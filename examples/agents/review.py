@@ -62,3 +62,33 @@ def collect(call: AgentCall) -> dict[str, Any]:
         "findings": findings,
         "verdict": verdict,
     }
+
+
+# Weakness classes a reviewer may cite (a small excerpt of MITRE's CWE list).
+_WEAKNESSES = {
+    "sql injection": (
+        "CWE-89",
+        "Improper Neutralization of Special Elements used in an SQL Command",
+    ),
+    "hard-coded credential": ("CWE-798", "Use of Hard-coded Credentials"),
+    "command injection": (
+        "CWE-78",
+        "Improper Neutralization of Special Elements used in an OS Command",
+    ),
+    "path traversal": ("CWE-22", "Improper Limitation of a Pathname to a Restricted Directory"),
+    "missing error handling": ("CWE-755", "Improper Handling of Exceptional Conditions"),
+    "cross-site scripting": (
+        "CWE-79",
+        "Improper Neutralization of Input During Web Page Generation",
+    ),
+}
+
+
+def lookup_weakness(keyword: str) -> dict[str, str]:
+    """The CWE entry for a kind of weakness, e.g. "sql injection" or "hard-coded credential"."""
+    wanted = keyword.strip().lower()
+    for name, (cwe, title) in _WEAKNESSES.items():
+        if name in wanted or wanted in name:
+            return {"cwe": cwe, "title": title}
+    known = ", ".join(sorted(_WEAKNESSES))
+    raise KeyError(f"no weakness matches {keyword!r}; known: {known}")
