@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from orchestration.cli import exit_codes
-from orchestration.cli.render import ProgressPrinter, print_plan, print_result
+from orchestration.cli.render import ProgressPrinter, print_attempts, print_plan, print_result
 from orchestration.client.report import ExecutionReport
 from orchestration.client.team import Team, execution
 from orchestration.errors import WaitTimeout
@@ -111,13 +111,27 @@ def run_team(
 @click.command()
 @click.argument("execution_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def status(execution_id: str, as_json: bool) -> int:
+@click.option(
+    "--attempts",
+    "with_attempts",
+    is_flag=True,
+    help="Add the audit trail: every attempt with its outcome, usage and tool calls.",
+)
+def status(execution_id: str, as_json: bool, with_attempts: bool) -> int:
     """Show an execution's status, steps and output."""
-    report = execution(execution_id).report()
+    handle = execution(execution_id)
+    report = handle.report()
+    attempts = handle.attempts() if with_attempts else None
     if as_json:
-        click.echo(report.to_json())
+        data = report.to_json_dict()
+        if attempts is not None:
+            data["attempts"] = [attempt.model_dump() for attempt in attempts]
+        click.echo(json.dumps(data, ensure_ascii=False))
     else:
-        print_result(Console(highlight=False), report)
+        console = Console(highlight=False)
+        print_result(console, report)
+        if attempts is not None:
+            print_attempts(console, attempts)
     if not report.finished:
         return exit_codes.COMPLETED
     return _exit_code(report)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestration.client.report import ExecutionReport
+from orchestration.client.report import AttemptReport, ExecutionReport
 from orchestration.spec import TeamSpec
 from workflows.plan import ExecutionPlan
 
@@ -21,6 +21,12 @@ _STYLE = {
     "running": "cyan",
     "retrying": "magenta",
     "pending": "dim",
+    # An attempt's outcome.
+    "success": "green",
+    "error": "red",
+    "timeout": "red",
+    "lost": "yellow",
+    "rejected": "yellow",
 }
 
 
@@ -103,6 +109,32 @@ def print_result(console: Console, report: ExecutionReport) -> None:
         console.print(Text(report.error, style="red"))
     console.print("output:")
     console.print_json(json.dumps(report.output, ensure_ascii=False, default=str))
+
+
+def print_attempts(console: Console, attempts: list[AttemptReport]) -> None:
+    """The audit trail, one row per attempt; tool calls under their attempt."""
+    table = Table(title="attempts", title_justify="left")
+    for column in ("step", "#", "agent", "outcome", "ms", "tokens", "error / tool calls"):
+        table.add_column(column)
+    for attempt in attempts:
+        usage = attempt.usage or {}
+        tokens = f"{usage.get('tokens_in', 0):,}/{usage.get('tokens_out', 0):,}" if usage else ""
+        table.add_row(
+            attempt.step,
+            str(attempt.attempt),
+            attempt.agent,
+            Text(attempt.outcome or "running", style=_STYLE.get(attempt.outcome or "", "")),
+            "" if attempt.duration_ms is None else str(attempt.duration_ms),
+            tokens,
+            attempt.error or "",
+        )
+        for call in attempt.tool_calls or ():
+            arguments = json.dumps(call.get("arguments"), ensure_ascii=False, default=str)
+            detail = f"↳ {call.get('tool')}({arguments[:80]}) {call.get('outcome')}"
+            if call.get("error"):
+                detail += f": {call['error']}"
+            table.add_row("", "", "", "", str(call.get("duration_ms", "")), "", detail)
+    console.print(table)
 
 
 def print_usage(console: Console, report: ExecutionReport) -> None:

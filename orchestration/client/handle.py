@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from orchestration.client.report import ExecutionReport, build_report
+from orchestration.client.report import (
+    AttemptReport,
+    ExecutionReport,
+    attempt_reports,
+    build_report,
+)
 from orchestration.constants import EXECUTION_FINAL
 from orchestration.errors import WaitTimeout
 from orchestration.store.executions import ExecutionRecords
@@ -40,6 +45,11 @@ class ExecutionHandle:
             self._store.steps(self.execution_id),
             self._store.usage(self.execution_id) if usage else None,
         )
+
+    def attempts(self) -> list[AttemptReport]:
+        """The audit trail: every attempt of every step, in the order they began, with
+        its outcome, usage and tool calls."""
+        return attempt_reports(self._store.attempts(self.execution_id))
 
     def status(self) -> str:
         return self._store.execution_status(self.execution_id)

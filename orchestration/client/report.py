@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from orchestration.agents.call import Usage
 from orchestration.constants import SKIP_CONDITION
-from orchestration.store.models import ExecutionRow, StepRow
+from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
 
 
 class UsageReport(BaseModel):
@@ -32,6 +32,39 @@ class UsageReport(BaseModel):
             reasoning_tokens=usage.reasoning_tokens,
             cost_usd=None if cost is None else round(cost, 8),
         )
+
+
+class AttemptReport(BaseModel):
+    """One row of the audit trail: an attempt of a step, with what it used and called."""
+
+    step: str
+    attempt: int
+    agent: str
+    outcome: str | None
+    started_at: str
+    duration_ms: int | None
+    worker: str | None
+    error: str | None
+    usage: dict[str, Any] | None
+    tool_calls: list[dict[str, Any]] | None
+
+
+def attempt_reports(rows: list[AttemptRow]) -> list[AttemptReport]:
+    return [
+        AttemptReport(
+            step=row.step_id,
+            attempt=row.attempt,
+            agent=row.agent,
+            outcome=row.outcome,
+            started_at=row.started_at.isoformat(),
+            duration_ms=row.duration_ms,
+            worker=row.worker,
+            error=f"{row.error_type}: {row.error_message}" if row.error_type else None,
+            usage=row.usage or None,
+            tool_calls=row.tool_calls or None,
+        )
+        for row in rows
+    ]
 
 
 class StepReport(BaseModel):

@@ -53,6 +53,9 @@ def test_the_pr_reviewer_reviews_each_file_and_collects_the_findings(
         }
         result = run_manage(["run-team", TEAM, "--input", DIFF, "--json"], env, timeout=100)
         requests = server.requests
+        execution_id = json.loads(result.stdout)["execution_id"]
+        audit = run_manage(["status", execution_id, "--attempts", "--json"], env)
+        table = run_manage(["status", execution_id, "--attempts"], env)
     assert result.returncode == 0, describe(result)
     data: dict[str, Any] = json.loads(result.stdout)
     assert data["status"] == "completed", data
@@ -90,3 +93,13 @@ def test_the_pr_reviewer_reviews_each_file_and_collects_the_findings(
     per_request = (1000 * 0.15 + 200 * 0.075 + 80 * 0.60) / 1e6
     assert data["usage"]["cost_usd"] == pytest.approx(4 * per_request)
     assert KEY not in result.stdout + result.stderr
+
+    # The audit trail shows the tool call under the attempt that made it.
+    attempts = {a["step"]: a for a in json.loads(audit.stdout)["attempts"]}
+    (tool_call,) = attempts["review[1]"]["tool_calls"]
+    assert tool_call["tool"] == "lookup_weakness"
+    assert tool_call["arguments"] == {"keyword": "SQL injection"}
+    assert tool_call["outcome"] == "success"
+    assert attempts["review[1]"]["usage"]["tokens_in"] == 2400
+    assert attempts["split"]["usage"] is None
+    assert "↳ lookup_weakness" in table.stdout, describe(table)
