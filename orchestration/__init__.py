@@ -1,6 +1,7 @@
 """Troupe: run teams of AI agents reliably on Celery."""
 
 from orchestration.agents.call import AgentCall, AgentResult, ToolCall, Usage
+from orchestration.agents.team_channel import Handoff, Message
 from orchestration.client.handle import ExecutionHandle
 from orchestration.client.report import ExecutionReport, StepReport
 from orchestration.client.team import Team, execution
@@ -20,6 +21,8 @@ __all__ = [
     "BudgetExceeded",
     "ExecutionHandle",
     "ExecutionReport",
+    "Handoff",
+    "Message",
     "PermanentAgentError",
     "StepReport",
     "Team",

@@ -265,6 +265,9 @@ class OpenAIAgentSpec(_AgentFields):
     # Importable callables the model may call; their schemas come from their type hints.
     tools: Annotated[tuple[Target, ...], Field(max_length=MAX_TOOLS)] = ()
     max_turns: Annotated[int, Field(ge=1, le=100)] = 8
+    # Give the model tools for its team: shared memory (read, write, list), messages
+    # (send, broadcast), and delegation (ask, hand off).
+    team_tools: bool = False
 
     @property
     def structured(self) -> bool:
@@ -300,9 +303,86 @@ def parse_agent(data: Any) -> AgentSpec:
     return _agent_spec.validate_python(data)
 
 
+class MemoryRule(StrEnum):
+    """How a write to a shared-memory key meets what is there."""
+
+    LAST_WRITER = "last_writer"  # replaces it (the overwrite is recorded)
+    APPEND = "append"  # adds the value to a list
+    MERGE = "merge"  # merges a mapping into a mapping, key by key
+    SUM = "sum"  # adds a number
+
+
+Trigger = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class HandoffRule(_Model):
+    """Hand a step of agent ``from`` to agent ``to`` when its task matches the triggers
+    (words or phrases, matched ignoring case and accents) with enough confidence."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_agent: AgentName = Field(alias="from")
+    to: AgentName
+    triggers: Annotated[tuple[Trigger, ...], Field(min_length=1, max_length=100)]
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+    reason: Text | None = None
+    # Besides the task and the step's input, what the target is given: the outputs the
+    # step could see, and the shared memory.
+    pass_context: tuple[Literal["outputs", "memory"], ...] = ("outputs",)
+
+
+class Aggregate(StrEnum):
+    COLLECT = "collect"
+    MAJORITY = "majority"
+    PRIORITY = "priority"
+    FIRST_SUCCESS = "first_success"
+    REDUCER = "reducer"
+
+
+class JoinSpec(_Model):
+    """How a step joins the steps it depends on (its parents)."""
+
+    aggregate: Aggregate = Aggregate.COLLECT
+    # majority: vote over this field of each output (else over whole outputs); conflicts
+    # are reported where parents give different values of it.
+    field: Annotated[str, Field(max_length=200)] | None = None
+    # priority: the first of these agents that succeeded wins.
+    priority: Annotated[tuple[AgentName, ...], Field(max_length=MAX_AGENTS)] = ()
+    # reducer: this agent receives every parent's result and gives the output.
+    reducer: AgentName | None = None
+    # A failed parent is part of the aggregate instead of skipping the join.
+    tolerate_failures: bool = False
+    # Run once this many parents are decided; the others are cancelled.
+    quorum: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    # Run this many seconds after the first parent started, with the results so far.
+    deadline: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> JoinSpec:
+        if self.aggregate is Aggregate.PRIORITY and not self.priority:
+            raise SpecProblem("priority", "aggregate: priority needs the ordered agent list")
+        if self.aggregate is Aggregate.REDUCER and self.reducer is None:
+            raise SpecProblem("reducer", "aggregate: reducer needs the reducer agent")
+        if self.reducer is not None and self.aggregate is not Aggregate.REDUCER:
+            raise SpecProblem("reducer", "only aggregate: reducer takes a reducer")
+        return self
+
+
+class ApprovalSpec(_Model):
+    """A person must approve before the step goes on (``manage.py approve``)."""
+
+    prompt: Text
+    timeout: Seconds
+    on_timeout: Literal["reject", "approve"] = "reject"
+    # Who may decide (``approve --as``); empty: anyone.
+    approvers: Annotated[tuple[AgentName, ...], Field(max_length=100)] = ()
+
+
 class StepSpec(_Model):
     id: StepId
-    agent: AgentName
+    # None only for a step that needs no agent: a join that aggregates without a
+    # reducer, or an approval gate.
+    agent: AgentName | None = None
     task: Text | None = None
     after: Annotated[
         tuple[Annotated[str, Field(max_length=MAX_STEP_ID)], ...], Field(max_length=MAX_STEPS)
@@ -318,13 +398,36 @@ class StepSpec(_Model):
     max_parallel: Annotated[int, Field(ge=1, le=100_000)] | None = None
     # A failed item leaves None in the output instead of failing the step.
     allow_failures: bool = False
+    # A join of the steps it depends on: aggregation, quorum, deadline.
+    join: JoinSpec | None = None
+    # A person approves before the step runs (or, without an agent, before it completes).
+    approval: ApprovalSpec | None = None
 
     @model_validator(mode="after")
     def _map_fields(self) -> StepSpec:
         if self.for_each is None and (self.max_parallel is not None or self.allow_failures):
             field = "max_parallel" if self.max_parallel is not None else "allow_failures"
             raise SpecProblem(field, "only a map step (one with for_each) takes it")
+        agentless = self.approval is not None or (
+            self.join is not None and self.join.aggregate is not Aggregate.REDUCER
+        )
+        if self.agent is None and not agentless:
+            raise SpecProblem("agent", "required field is missing")
+        if self.for_each is not None and self.join is not None:
+            raise SpecProblem("join", "a map step joins its items itself")
         return self
+
+    @property
+    def agent_name(self) -> str:
+        """The agent, or what stands for it in records of a step that calls none."""
+        if self.agent is not None:
+            return self.agent
+        return APPROVAL_PSEUDO_AGENT if self.approval is not None else JOIN_PSEUDO_AGENT
+
+
+# The agent recorded for steps that call none.
+JOIN_PSEUDO_AGENT = "(join)"
+APPROVAL_PSEUDO_AGENT = "(approval)"
 
 
 class WorkflowSpec(_Model):
@@ -371,6 +474,13 @@ class TeamSpec(_Model):
     budget: Budget | None = None
     # Prices of models this team's agents use, over the shipped table and settings'.
     prices: PriceTable = {}
+    # Shared-memory keys and the rule each is written by (others: last_writer).
+    memory: Annotated[
+        dict[Annotated[str, Field(max_length=200)], MemoryRule], Field(max_length=1000)
+    ] = {}
+    handoffs: Annotated[tuple[HandoffRule, ...], Field(max_length=MAX_AGENTS)] = ()
+    # Handoffs in a row from one step (A → B → C is 2).
+    max_handoff_depth: Annotated[int, Field(ge=1, le=20)] = 3
     agents: Annotated[
         dict[Annotated[AgentName, Field(pattern=AGENT_NAME_PATTERN)], AgentSpec],
         Field(min_length=1, max_length=MAX_AGENTS),
@@ -395,7 +505,7 @@ class TeamSpec(_Model):
                     f"{where}.id", f"duplicate step id {step.id!r} (also steps[{seen[step.id]}])"
                 )
             seen[step.id] = i
-            if step.agent not in self.agents:
+            if step.agent is not None and step.agent not in self.agents:
                 known = ", ".join(sorted(self.agents))
                 raise SpecProblem(
                     f"{where}.agent", f"unknown agent {step.agent!r} (defined: {known})"

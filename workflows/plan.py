@@ -27,7 +27,7 @@ class StepDeclaration(Protocol):
     @property
     def id(self) -> str: ...
     @property
-    def agent(self) -> str: ...
+    def agent_name(self) -> str: ...
     @property
     def task(self) -> str | None: ...
     @property
@@ -211,7 +211,7 @@ def build_plan(team: TeamDeclaration) -> ExecutionPlan:
         planned.append(
             PlannedStep(
                 id=step.id,
-                agent=step.agent,
+                agent=step.agent_name,
                 task=step.task,
                 when=step.when,
                 position=i,

@@ -6,6 +6,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestration.agents.team_channel import (
+    NO_CHANNEL,
+    NO_MEMORY,
+    ContextUpdates,
+    Handoff,
+    Message,
+    SharedMemory,
+    TeamChannel,
+)
+
 
 def _no_heartbeat(details: Any = None) -> None:
     return None
@@ -80,6 +90,29 @@ class AgentCall:
     _heartbeat: Callable[[Any], None] = field(default=_no_heartbeat, repr=False, compare=False)
     # The execution's budget, for adapters that reserve before each request they make.
     budget: BudgetGate = field(default_factory=lambda: UNLIMITED, repr=False, compare=False)
+    # The execution's shared memory (call.shared.get/set/update/all).
+    shared: SharedMemory = field(default_factory=lambda: NO_MEMORY, repr=False, compare=False)
+    _team: TeamChannel = field(default_factory=lambda: NO_CHANNEL, repr=False, compare=False)
+
+    @property
+    def inbox(self) -> tuple[Message, ...]:
+        """Messages sent to this agent, or to everyone, before this attempt began."""
+        return self._team.inbox()
+
+    def send(
+        self, to: str, content: Any, *, type: str = "message", reply_to: int | None = None
+    ) -> None:
+        """Send ``content`` to agent ``to``; delivered if this attempt succeeds."""
+        self._team.send(to, content, type=type, reply_to=reply_to)
+
+    def broadcast(self, content: Any, *, type: str = "message") -> None:
+        """Send ``content`` to every agent of the team; delivered if this attempt succeeds."""
+        self._team.broadcast(content, type=type)
+
+    def ask(self, agent: str, question: Any, timeout: float | None = None) -> Any:
+        """Delegate ``question`` to ``agent`` (a real delegation, with its policies,
+        breaker, audit and usage) and return its output."""
+        return self._team.ask(agent, question, timeout)
 
     def heartbeat(self, details: Any = None) -> None:
         """Report progress from a long-running agent (JSON details, optional).
@@ -148,3 +181,7 @@ class AgentResult:
     output: Any
     usage: Usage = field(default_factory=Usage)
     tool_calls: tuple[ToolCall, ...] = ()
+    # Shared-memory writes, each by its key's rule, applied if the attempt succeeds.
+    context_updates: ContextUpdates = field(default_factory=dict)
+    # Set instead of an output: the step passes to another agent.
+    handoff: Handoff | None = None

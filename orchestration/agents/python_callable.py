@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestration.agents.call import AgentCall, AgentResult
 from orchestration.agents.event_loop import shared_loop
+from orchestration.agents.team_channel import Handoff
 from orchestration.errors import AgentExited, AgentLoadError, PermanentAgentError
 
 
@@ -52,6 +53,8 @@ class PythonCallableAgent:
                 f"{self.target} raised {type(exc).__name__}"
                 + (f"({exc.args[0]!r})" if exc.args else "")
             ) from None
+        if isinstance(value, Handoff):
+            return AgentResult(output=None, handoff=value)
         result = value if isinstance(value, AgentResult) else AgentResult(output=value)
         _require_json(result.output, self.target)
         return result

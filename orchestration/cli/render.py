@@ -172,8 +172,15 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
     for column in ("depth", "step", "agent", "after", "when / for each", "time limit", "retry"):
         table.add_column(column)
     for step in sorted(plan.steps, key=lambda s: (s.level, s.position)):
-        agent = spec.agents[step.agent]
-        policy = agent.retry
+        agent = spec.agents.get(step.agent)
+        limits = ("", "")
+        if agent is not None:
+            policy = agent.retry
+            limits = (
+                f"{agent.timeout:g}s",
+                f"{policy.max_attempts}× {policy.initial_delay:g}→{policy.max_delay:g}s "
+                f"{policy.jitter.value}",
+            )
         table.add_row(
             str(step.level),
             step.id,
@@ -187,9 +194,7 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
                 )
                 if part
             ),
-            f"{agent.timeout:g}s",
-            f"{policy.max_attempts}× {policy.initial_delay:g}→{policy.max_delay:g}s "
-            f"{policy.jitter.value}",
+            *limits,
         )
     console.print(table)
     outputs = ", ".join(plan.outputs_from)

@@ -58,6 +58,8 @@ class ExecutionRow(Base):
     max_tokens: Mapped[int | None] = mapped_column(BigInteger)
     committed_cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     committed_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Batches of shared-memory writes applied so far: a version of the whole memory.
+    memory_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class StepRow(Base):
@@ -128,6 +130,8 @@ class AttemptRow(Base):
     # What the attempt consumed (tokens, cost, model, endpoint), and its tool calls.
     usage: Mapped[Any] = mapped_column(JSON, nullable=True)
     tool_calls: Mapped[Any] = mapped_column(JSON, nullable=True)
+    # The execution's memory_version when the attempt began: what it saw.
+    context_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class BreakerRow(Base):
@@ -176,3 +180,110 @@ class HeartbeatRow(Base):
     healthy: Mapped[bool] = mapped_column(Boolean)
     latency_ms: Mapped[int] = mapped_column(Integer)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+def _execution_fk() -> Mapped[str]:
+    return mapped_column(String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"))
+
+
+class MemoryRow(Base):
+    """One key of an execution's shared memory, at its latest version."""
+
+    __tablename__ = "troupe_memory"
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    version: Mapped[int] = mapped_column(Integer)
+    rule: Mapped[str] = mapped_column(String(16))
+    writer_step: Mapped[str] = mapped_column(String(200))
+    writer_attempt: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+
+
+class MemoryHistoryRow(Base):
+    """Every write to the shared memory: the value after it, and what it replaced."""
+
+    __tablename__ = "troupe_memory_history"
+    __table_args__ = (Index("ix_troupe_memory_history_key", "execution_id", "key", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = _execution_fk()
+    key: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    memory_version: Mapped[int] = mapped_column(Integer)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    rule: Mapped[str] = mapped_column(String(16))
+    previous: Mapped[Any] = mapped_column(JSON, nullable=True)
+    writer_step: Mapped[str] = mapped_column(String(200))
+    writer_attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+
+
+class MemoryAppliedRow(Base):
+    """A step whose memory writes and messages were applied (once, whatever retries)."""
+
+    __tablename__ = "troupe_memory_applied"
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    step_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+
+
+class MessageRow(Base):
+    """A message between agents of one execution (``recipient`` None: everyone)."""
+
+    __tablename__ = "troupe_messages"
+    __table_args__ = (Index("ix_troupe_messages_recipient", "execution_id", "recipient"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = _execution_fk()
+    sender: Mapped[str] = mapped_column(String(200))
+    sender_step: Mapped[str] = mapped_column(String(200))
+    recipient: Mapped[str | None] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(50))
+    content: Mapped[Any] = mapped_column(JSON, nullable=True)
+    reply_to: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class HandoffRow(Base):
+    """A handoff taken or refused, with the path that led to it."""
+
+    __tablename__ = "troupe_handoffs"
+    __table_args__ = (Index("ix_troupe_handoffs_execution", "execution_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = _execution_fk()
+    step_id: Mapped[str] = mapped_column(String(200))
+    from_agent: Mapped[str] = mapped_column(String(200))
+    to_agent: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    path: Mapped[Any] = mapped_column(JSON, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime]
+
+
+class ApprovalRow(Base):
+    """A step waiting for a person's decision, and the decision."""
+
+    __tablename__ = "troupe_approvals"
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    step_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime]
+    timeout_at: Mapped[datetime]
+    decision: Mapped[str | None] = mapped_column(String(16))
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    comment: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None]
