@@ -136,3 +136,12 @@ class AgentProtocolError(PermanentAgentError):
 
 class SecretMissing(PermanentAgentError):
     """An environment variable an agent's key or header names is not set in the worker."""
+
+
+class HandoffRefused(PermanentAgentError):
+    """An agent asked to hand its step off where it may not go: a loop, past the
+    team's max_handoff_depth, or to an agent the team does not have."""
+
+
+class AskFailed(PermanentAgentError):
+    """An agent asked another (``call.ask``), which did not answer: its step failed."""

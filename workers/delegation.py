@@ -23,15 +23,16 @@ from orchestration.agents.call import AgentCall
 from orchestration.agents.identity import agent_identity
 from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
+from orchestration.agents.team_channel import Handoff
 from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
 from orchestration.engine import decisions as d
-from orchestration.errors import CircuitOpen, InternalError
+from orchestration.errors import CircuitOpen, HandoffRefused, InternalError
 from orchestration.pricing import Prices
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
 from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
-from orchestration.spec import AgentSpec, Budget, ModelPrice, TeamSpec, WhenOpen
+from orchestration.spec import AgentSpec, Budget, HandoffRule, ModelPrice, TeamSpec, WhenOpen
 from orchestration.spending import AttemptSpending, usage_record
 from orchestration.step_state import StepState, record_of
 from orchestration.store.breaker_cache import CachedBreakers
@@ -45,9 +46,12 @@ from orchestration.store.repository import (
     Decided,
     now,
 )
+from workers.asks import Asks
+from workflows.handoffs import detect, handoff_item, handoff_prompt, refusal
 from workflows.outcome import StepRecord, decide_outcome
 from workflows.plan import ExecutionPlan, PlannedStep, build_plan
-from workflows.scheduling import expand_map, join_items, released_after
+from workflows.runtime_steps import Added, handoff_id, handoff_path, origin_of, planned_for
+from workflows.scheduling import AddedStep, expand_map, join_items, released_after
 from workflows.status import EXECUTION_FINAL, STEP_FINAL, ExecutionStatus, StepStatus
 
 
@@ -138,6 +142,8 @@ class TeamContext:
     # own prices.
     budget: Budget | None = None
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    handoffs: tuple[HandoffRule, ...] = ()
+    max_handoff_depth: int = 3
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -157,7 +163,12 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
     if team is None:
         spec = TeamSpec.model_validate(store.execution_spec(execution_id))
         team = TeamContext(
-            agents=spec.agents, plan=build_plan(spec), budget=spec.budget, prices=spec.prices
+            agents=spec.agents,
+            plan=build_plan(spec),
+            budget=spec.budget,
+            prices=spec.prices,
+            handoffs=spec.handoffs,
+            max_handoff_depth=spec.max_handoff_depth,
         )
         with _cache_lock:
             _teams[(store.url, digest)] = team
@@ -172,11 +183,6 @@ _TEAMS_KEPT = 64
 _teams: OrderedDict[tuple[str, str], TeamContext] = OrderedDict()
 # A threads pool plans and evicts from many threads at once.
 _cache_lock = threading.Lock()
-
-
-def map_step_of(step_id: str) -> str:
-    """The map step a step id belongs to ("split[3]" → "split"); a plan step's own id."""
-    return step_id.rsplit("[", 1)[0] if step_id.endswith("]") else step_id
 
 
 class Delegation:
@@ -199,7 +205,7 @@ class Delegation:
         store = self.store
         team = team_of(store, delivery.execution_id)
         plan = team.plan
-        step = plan.step(map_step_of(delivery.step_id))
+        step = planned_for(plan, delivery.step_id)
         is_item = step.id != delivery.step_id
         reads = step.deps if is_item else plan.reads(step)
         execution_status, input_value, rows = store.delegation_state(
@@ -246,7 +252,7 @@ class Delegation:
         attempt's failure: retried under the agent's policy, then the step fails."""
         store = self.store
         team = team_of(store, delivery.execution_id)
-        step = team.plan.step(map_step_of(delivery.step_id))
+        step = planned_for(team.plan, delivery.step_id)
         agent = team.agents[step.agent]
         row = store.steps_by_id(delivery.execution_id, [delivery.step_id])[delivery.step_id]
         if row.status in STEP_FINAL:
@@ -303,9 +309,9 @@ class Delegation:
         if isinstance(decision, d.Expand):
             return self._expand(decision.values, state)
         if isinstance(decision, d.Join):
-            return self._join(state)
+            return self._join(state) if state.is_map else self._join_handoff(state)
         if isinstance(decision, d.SendItems):
-            return self._send_items(state)
+            return self._send_items(state) if state.is_map else self._send_handoff(state)
         if isinstance(decision, d.Refuse):
             error = AttemptError(
                 type(decision.error).__name__, str(decision.error), OUTCOME_REJECTED
@@ -387,6 +393,106 @@ class Delegation:
         )
         return state.continuation(decided)
 
+    # --- handoffs ---------------------------------------------------------------------
+
+    def _hand_off(
+        self,
+        state: _State,
+        attempt: int,
+        handoff: Handoff,
+        *,
+        confidence: float | None,
+        rule: HandoffRule | None,
+        end: AttemptEnd | None = None,
+    ) -> Outcome | None:
+        """Pass the step to ``handoff.to``: its decision, the handoff step and the audit
+        row in one write, then the handoff step is sent. A handoff the rules call for
+        that is refused returns None (the step's own agent is called); one an agent
+        asked for fails the step."""
+        delivery, team = state.delivery, state.team
+        caller = delivery.step_id
+        path = handoff_path(caller, _first_agent(team.plan, caller))
+        record = {
+            "step_id": caller,
+            "from_agent": state.step.agent,
+            "to_agent": handoff.to,
+            "reason": handoff.reason or None,
+            "confidence": confidence,
+            "path": [*path, handoff.to],
+        }
+        why = (
+            f"unknown agent {handoff.to!r}"
+            if handoff.to not in team.agents
+            else refusal(path, handoff.to, team.max_handoff_depth)
+        )
+        if why is not None:
+            self.store.record_handoff(
+                delivery.execution_id, {**record, "outcome": "refused", "detail": why}
+            )
+            if rule is not None:
+                return None
+            error = AttemptError(HandoffRefused.__name__, why, OUTCOME_REJECTED)
+            return self._refuse(state, state.step.agent, attempt, error)
+        passed = rule.pass_context if rule is not None else ("outputs",)
+        meta = {**record, "passed": list(passed), "task": state.task}
+        prompt = handoff_prompt(
+            caller=state.step.agent,
+            target=handoff.to,
+            reason=handoff.reason or "handed off by the agent",
+            confidence=confidence,
+            task=state.task,
+        )
+        value = handoff.input
+        if value is None:
+            value = state.step_input(self._visible_rows)
+        child = AddedStep(
+            step_id=handoff_id(caller, handoff.to),
+            agent=handoff.to,
+            parent_id=caller,
+            item_index=0,
+            item=handoff_item(prompt, value, meta),
+            origin={"kind": "handoff", "by": caller, "attempt": attempt, "to": handoff.to},
+            dependents=(caller,),
+        )
+        record = {**record, "outcome": "taken", "detail": None}
+        if not self.store.hand_off(delivery.execution_id, caller, child, record, end):
+            return self._send_handoff(state)
+        return Outcome(send=((child.step_id, 1),))
+
+    def _send_handoff(self, state: _State) -> Outcome:
+        child = self.store.handoff_step(state.delivery.execution_id, state.delivery.step_id)
+        if child is None or child.status in STEP_FINAL:
+            return Outcome()
+        return Outcome(send=((child.step_id, max(1, child.attempts)),))
+
+    def _join_handoff(self, state: _State) -> Outcome:
+        """The step takes its handoff's result as its own."""
+        delivery = state.delivery
+        child = self.store.handoff_step(delivery.execution_id, delivery.step_id)
+        if child is None:  # pragma: no cover - fan_out is set with the child, atomically
+            raise InternalError(f"step {delivery.step_id!r} handed off to no step")
+        if child.status == COMPLETED:
+            status, output, reason = StepStatus.COMPLETED, child.output, None
+        elif child.status == StepStatus.CANCELLED:
+            status, output, reason = StepStatus.CANCELLED, None, child.reason
+        else:
+            status, output = StepStatus.FAILED, None
+            detail = (
+                f"{child.error_type}: {child.error_message}" if child.error_type else child.reason
+            )
+            reason = f"handoff {child.step_id} did not complete: {detail}"
+        decided = self.store.decide_without_call(
+            delivery.execution_id,
+            delivery.step_id,
+            status,
+            state.countdown,
+            output=output,
+            reason=reason,
+            attempts=state.row.attempts,
+            error_type="HandoffFailed",
+        )
+        return state.continuation(decided)
+
     def _refuse(self, state: _State, agent: str, attempt: int, error: AttemptError) -> Outcome:
         """Fail the step without calling its agent, audited as a refused attempt (and,
         for the step that ends the execution, the execution's end with it)."""
@@ -414,6 +520,17 @@ class Delegation:
             self.store.mark_attempt_lost(delivery.execution_id, delivery.step_id, call.lost)
         name = state.step.agent
         agent = state.team.agents[name]
+        rule = detect(name, state.task, state.team.handoffs) if state.team.handoffs else None
+        if rule is not None:
+            handed = self._hand_off(
+                state,
+                call.attempt,
+                Handoff(rule.to, rule.reason),
+                confidence=rule.confidence,
+                rule=state.team.handoffs[rule.rule_index],
+            )
+            if handed is not None:
+                return handed
         admission = self.breakers.admit(agent_identity(agent), agent.breaker)
         if not admission.allowed:
             mode = agent.when_open
@@ -456,14 +573,15 @@ class Delegation:
             execution_id=delivery.execution_id,
             step_id=delivery.step_id,
             agent=name,
-            task=step.task,
+            task=state.task,
             input=state.step_input(self._visible_rows),
             outputs=UpstreamOutputs(step, lambda: self._visible_rows(state)),
             attempt=attempt,
-            item=state.row.item,
+            item=None if state.added_by_agent else state.row.item,
             index=state.row.item_index,
             _heartbeat=monitor.beat,
             budget=spending,
+            _team=Asks(self, state, name),
         )
         limit = agent.timeout
         if call.deadline is not None:
@@ -583,6 +701,13 @@ class Delegation:
         )
         usage = spending.price(result.usage)
         spending.charge(usage)
+        if result.handoff is not None:
+            ended = replace(begun, duration_ms=int(seconds * 1000), usage=usage_record(usage))
+            handed = self._hand_off(
+                state, attempt, result.handoff, confidence=None, rule=None, end=ended
+            )
+            if handed is not None:
+                return handed
         done = StepRecord(status=COMPLETED, output=result.output, error=None)
         decided = store.record_success(
             replace(
@@ -624,7 +749,26 @@ class _State:
 
     @property
     def is_item(self) -> bool:
+        """A step added at run time (a map item, a handoff, a question)."""
         return self.step.id != self.delivery.step_id
+
+    @property
+    def is_map(self) -> bool:
+        """A map step itself (it joins items), not one that joins its handoff."""
+        return not self.is_item and self.step.map is not None
+
+    @property
+    def added_by_agent(self) -> bool:
+        """A handoff or a question: its row holds its task and input."""
+        origin = origin_of(self.delivery.step_id)
+        return origin is not None and origin.kind is not Added.ITEM
+
+    @property
+    def task(self) -> str | None:
+        if self.added_by_agent and isinstance(self.row.item, dict):
+            task = self.row.item.get("task")
+            return task if isinstance(task, str) else None
+        return self.step.task
 
     @property
     def execution_pending(self) -> bool:
@@ -680,6 +824,8 @@ class _State:
 
     def step_input(self, visible_rows: Callable[[_State], Mapping[str, StepState]]) -> Any:
         step = self.step
+        if self.added_by_agent and isinstance(self.row.item, dict):
+            return self.row.item.get("input")
         if step.input_from is None:
             return self.view.input
         upstream = self.rows[step.input_from]
@@ -743,3 +889,12 @@ class UpstreamOutputs(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._all())
+
+
+def _first_agent(plan: ExecutionPlan, step_id: str) -> str:
+    """The agent a chain of handoffs started from: that of the step (plan step, item
+    or question) the first handoff left."""
+    current = step_id
+    while (origin := origin_of(current)) is not None and origin.kind is Added.HANDOFF:
+        current = origin.parent
+    return planned_for(plan, current).agent

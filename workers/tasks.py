@@ -36,13 +36,14 @@ from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.repository import Store, is_transient
 from workers.app import app
-from workers.delegation import Delegation, Delivery, Limits, RetryLater, map_step_of, team_of
+from workers.delegation import Delegation, Delivery, Limits, RetryLater, team_of
 from workers.health import run_heartbeat
 from workers.publish import TaskMessage, delegation_message, first_messages, publish
 from workers.reaper import ReaperThread
 from workers.reaper import reap as reap_lost_work
 from workflows.outcome import decide_outcome
 from workflows.plan import ExecutionPlan
+from workflows.runtime_steps import planned_for
 from workflows.scheduling import resumption
 
 log = logging.getLogger("troupe.worker")
@@ -272,7 +273,7 @@ def _messages(
 
 
 def _agent_of(plan: ExecutionPlan, step_id: str) -> str:
-    return plan.step(map_step_of(step_id)).agent
+    return planned_for(plan, step_id).agent
 
 
 def _agent(delivery: Delivery) -> str:

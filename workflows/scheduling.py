@@ -84,6 +84,8 @@ def released_after(origin: Mapping[str, Any], parent_waiting: int) -> str | None
     """Under ``max_parallel``, the item that goes out when one more item of the map is
     decided (its parent's count just went down to ``parent_waiting``). Each count is
     seen by exactly one writer, so each item is released once."""
+    if "of" not in origin:
+        return None  # not a map's item: a handoff or a question releases nothing
     limit = origin.get("max_parallel")
     count = int(origin["of"])
     if limit is None or limit >= count:

@@ -101,6 +101,8 @@ def print_result(console: Console, report: ExecutionReport) -> None:
             step.error or report.reasons.get(step.id) or "",
         )
     console.print(table)
+    if report.handoffs:
+        print_handoffs(console, report)
     if report.usage is not None:
         print_usage(console, report)
     style = _STYLE.get(report.status, "")
@@ -134,6 +136,22 @@ def print_attempts(console: Console, attempts: list[AttemptReport]) -> None:
             if call.get("error"):
                 detail += f": {call['error']}"
             table.add_row("", "", "", "", str(call.get("duration_ms", "")), "", detail)
+    console.print(table)
+
+
+def print_handoffs(console: Console, report: ExecutionReport) -> None:
+    """Every handoff taken or refused, with why."""
+    table = Table(title="handoffs", title_justify="left")
+    for column in ("step", "path", "outcome", "confidence", "reason / refused because"):
+        table.add_column(column)
+    for handoff in report.handoffs:
+        table.add_row(
+            handoff.step,
+            " → ".join(handoff.path),
+            Text(handoff.outcome, style="green" if handoff.outcome == "taken" else "yellow"),
+            "" if handoff.confidence is None else f"{handoff.confidence:.0%}",
+            handoff.detail or handoff.reason or "",
+        )
     console.print(table)
 
 
@@ -199,6 +217,19 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
     console.print(table)
     outputs = ", ".join(plan.outputs_from)
     console.print(f"output from: {outputs}")
+    if spec.handoffs:
+        rules = Table(title=f"handoff rules (at most {spec.max_handoff_depth} in a row)")
+        for column in ("from", "to", "triggers", "threshold", "passes"):
+            rules.add_column(column)
+        for rule in spec.handoffs:
+            rules.add_row(
+                rule.from_agent,
+                rule.to,
+                ", ".join(rule.triggers),
+                f"{rule.threshold:g}",
+                ", ".join(rule.pass_context),
+            )
+        console.print(rules)
 
 
 def json_line(value: Any) -> str:

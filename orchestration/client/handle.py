@@ -39,11 +39,12 @@ class ExecutionHandle:
 
     def report(self, *, usage: bool = True) -> ExecutionReport:
         """The execution as it stands. ``usage=False`` leaves out tokens and cost (a
-        read of every attempt), as a progress display polling it does."""
+        read of every attempt) and handoffs, as a progress display polling it does."""
         return build_report(
             self._store.execution(self.execution_id),
             self._store.steps(self.execution_id),
             self._store.usage(self.execution_id) if usage else None,
+            self._store.handoffs(self.execution_id) if usage else None,
         )
 
     def attempts(self) -> list[AttemptReport]:

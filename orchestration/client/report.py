@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from orchestration.agents.call import Usage
 from orchestration.constants import SKIP_CONDITION
-from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
+from orchestration.store.models import AttemptRow, ExecutionRow, HandoffRow, StepRow
 
 
 class UsageReport(BaseModel):
@@ -67,6 +67,35 @@ def attempt_reports(rows: list[AttemptRow]) -> list[AttemptReport]:
     ]
 
 
+class HandoffReport(BaseModel):
+    """A handoff taken or refused: from which step and agent, to which, and why."""
+
+    step: str
+    from_agent: str
+    to_agent: str
+    outcome: str  # "taken" or "refused"
+    reason: str | None
+    confidence: float | None
+    path: list[str]
+    detail: str | None
+
+
+def handoff_reports(rows: list[HandoffRow]) -> list[HandoffReport]:
+    return [
+        HandoffReport(
+            step=row.step_id,
+            from_agent=row.from_agent,
+            to_agent=row.to_agent,
+            outcome=row.outcome,
+            reason=row.reason,
+            confidence=row.confidence,
+            path=list(row.path or []),
+            detail=row.detail,
+        )
+        for row in rows
+    ]
+
+
 class StepReport(BaseModel):
     id: str
     agent: str
@@ -93,6 +122,7 @@ class ExecutionReport(BaseModel):
     # Summed over every attempt, and per agent (None/empty: nothing reported).
     usage: UsageReport | None = None
     usage_by_agent: dict[str, UsageReport] = {}
+    handoffs: list[HandoffReport] = []
 
     @property
     def finished(self) -> bool:
@@ -105,6 +135,7 @@ class ExecutionReport(BaseModel):
             "output": self.output,
             "usage": self.usage.model_dump() if self.usage is not None else None,
             "steps": [step.model_dump() for step in self.steps],
+            "handoffs": [handoff.model_dump() for handoff in self.handoffs],
         }
 
     def to_json(self) -> str:
@@ -115,6 +146,7 @@ def build_report(
     execution: ExecutionRow,
     steps: list[StepRow],
     usage: list[tuple[str, str, dict[str, Any]]] | None = None,
+    handoffs: list[HandoffRow] | None = None,
 ) -> ExecutionReport:
     """``usage``: (step, agent, usage) of each attempt that reported some."""
     by_step: dict[str, Usage] = {}
@@ -135,6 +167,7 @@ def build_report(
         reasons={row.step_id: row.reason for row in steps if row.reason},
         usage=UsageReport.of(total) if total is not None else None,
         usage_by_agent={agent: UsageReport.of(u) for agent, u in sorted(by_agent.items())},
+        handoffs=handoff_reports(handoffs or []),
     )
 
 

@@ -132,7 +132,9 @@ def decide(view: View) -> Decision:
         return Redrive()
     if view.execution_status == ExecutionStatus.CANCELLED:
         return Decide(StepStatus.CANCELLED, None, "execution cancelled")
-    if not is_item and step.map is not None and row.fan_out is not None:
+    if row.fan_out is not None:
+        # A map step waits for its items; any other step that handed off waits for its
+        # handoff: either way, join once they are decided, else (re)send them.
         return Join() if row.waiting <= 0 else SendItems()
     if row.status == StepStatus.PENDING and not is_item:
         blocked_by = failed_dependency(step, view.rows)

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from orchestration.constants import (
     CANCELLED,
@@ -23,7 +24,7 @@ from orchestration.constants import (
 )
 from orchestration.errors import ExecutionNotFound
 from orchestration.store import hot_statements as hot
-from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
+from orchestration.store.models import AttemptRow, ExecutionRow, HandoffRow, StepRow
 from orchestration.store.repository import (
     AttemptEnd,
     Countdown,
@@ -232,9 +233,11 @@ class DelegationRecords:
         reason: str | None = None,
         output: Any = None,
         attempts: int = 0,
+        error_type: str = "MapItemFailed",
     ) -> Decided | None:
-        """A step decided without calling an agent: skipped, cancelled, or a map step
-        joining its items (completed with their outputs, or failed)."""
+        """A step decided without calling an agent: skipped, cancelled, a map step
+        joining its items, or a step taking its handoff's result (completed with their
+        outputs, or failed with ``error_type``)."""
         stamp = now()
         params: dict[str, Any] = {
             "eid": execution_id,
@@ -248,7 +251,7 @@ class DelegationRecords:
             params["out"] = output
             return self._store.decide((hot.COMPLETE_STEP_SQL,), params, countdown, 0)
         if status == FAILED:
-            params.update(error_type="MapItemFailed", error_message=reason)
+            params.update(error_type=error_type, error_message=reason)
             return self._store.decide((hot.FAIL_STEP_SQL,), params, countdown, 0)
         assert status in (SKIPPED, CANCELLED)
         params.update(status=status, cause=cause, reason=reason)
@@ -298,6 +301,94 @@ class DelegationRecords:
             return True
 
     @_retrying
+    def hand_off(
+        self,
+        execution_id: str,
+        step_id: str,
+        child: AddedStep,
+        record: dict[str, Any],
+        attempt: AttemptEnd | None = None,
+    ) -> bool:
+        """The caller's decision to hand off, its handoff step, and the handoff's audit
+        row, in one transaction: the caller then waits for the handoff step as a map
+        step waits for its items. False if it was decided already (a redelivery)."""
+        stamp = now()
+        added = {
+            "execution_id": execution_id,
+            "step_id": child.step_id,
+            "agent": child.agent,
+            "position": 0,
+            "level": 0,
+            "status": PENDING,
+            "attempts": 0,
+            "waiting": 0,
+            "parent_id": child.parent_id,
+            "item_index": None,
+            "item": child.item,
+            "origin": {**child.origin, "at": stamp.isoformat()},
+            "dependents": list(child.dependents),
+        }
+        values: dict[str, Any] = {
+            "status": RUNNING,
+            "fan_out": 1,
+            "waiting": StepRow.waiting + 1,
+            "started_at": func.coalesce(StepRow.started_at, stamp),
+        }
+        if attempt is not None:
+            values["attempts"] = attempt.attempt
+        with self._store.engine.begin() as connection:
+            claimed = connection.execute(
+                _unfinished_step(execution_id, step_id)
+                .where(StepRow.fan_out.is_(None))
+                .values(**values)
+            )
+            if not claimed.rowcount:
+                return False
+            connection.execute(insert(StepRow), [added])
+            connection.execute(
+                insert(HandoffRow), [{**record, "execution_id": execution_id, "at": stamp}]
+            )
+            if attempt is not None:
+                # The attempt whose agent asked for the handoff ended well.
+                (end,) = hot.write_script(hot.END_ATTEMPT_SQL)
+                connection.execute(end, attempt.params(stamp))
+            return True
+
+    @_retrying
+    def record_handoff(self, execution_id: str, record: dict[str, Any]) -> None:
+        """A handoff refused (a loop, too deep): audited, nothing added."""
+        with self._store.engine.begin() as connection:
+            connection.execute(
+                insert(HandoffRow), [{**record, "execution_id": execution_id, "at": now()}]
+            )
+
+    @_retrying
+    def add_ask(self, execution_id: str, child: AddedStep) -> bool:
+        """A question step, unless it exists (a retried asker asking again). True if
+        this call added it."""
+        row = {
+            "execution_id": execution_id,
+            "step_id": child.step_id,
+            "agent": child.agent,
+            "position": 0,
+            "level": 0,
+            "status": PENDING,
+            "attempts": 0,
+            "waiting": 0,
+            "parent_id": child.parent_id,
+            "item_index": None,
+            "item": child.item,
+            "origin": {**child.origin, "at": now().isoformat()},
+            "dependents": [],
+        }
+        try:
+            with self._store.engine.begin() as connection:
+                connection.execute(insert(StepRow), [row])
+        except IntegrityError:
+            return False
+        return True
+
+    @_retrying
     def items(self, execution_id: str, step_id: str) -> list[Any]:
         """A map step's items, in order: what joining them needs."""
         query = (
@@ -311,11 +402,35 @@ class DelegationRecords:
                 StepRow.reason,
                 StepRow.attempts,
             )
-            .where(StepRow.execution_id == execution_id, StepRow.parent_id == step_id)
+            .where(
+                StepRow.execution_id == execution_id,
+                StepRow.parent_id == step_id,
+                # A map's items have an index; a step's handoff and questions have none.
+                StepRow.item_index.is_not(None),
+            )
             .order_by(StepRow.item_index)
         )
         with self._store.reader.connect() as connection:
             return list(connection.execute(query))
+
+    @_retrying
+    def handoff_step(self, execution_id: str, step_id: str) -> Any:
+        """The step ``step_id`` handed off to (its one handoff child)."""
+        query = select(
+            StepRow.step_id,
+            StepRow.status,
+            StepRow.output,
+            StepRow.error_type,
+            StepRow.error_message,
+            StepRow.reason,
+            StepRow.attempts,
+        ).where(
+            StepRow.execution_id == execution_id,
+            StepRow.parent_id == step_id,
+            StepRow.step_id.like(f"{_like_escaped(step_id)}~to~%", escape="\\"),
+        )
+        with self._store.reader.connect() as connection:
+            return connection.execute(query).first()
 
     @_retrying
     def renew_lease(self, execution_id: str, step_id: str, attempt: int, progress: Any) -> None:
@@ -377,3 +492,7 @@ class DelegationRecords:
                 .values(status=status, output=output, error=error, finished_at=now())
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

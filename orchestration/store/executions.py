@@ -15,7 +15,7 @@ from orchestration.constants import (
 )
 from orchestration.errors import ExecutionNotFound
 from orchestration.spec import Budget
-from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
+from orchestration.store.models import AttemptRow, ExecutionRow, HandoffRow, StepRow
 from orchestration.store.repository import (
     Store,
     _retrying,
@@ -108,6 +108,13 @@ class ExecutionRecords:
         with self._store.session() as session:
             rows = session.execute(query.order_by(AttemptRow.id)).all()
         return [(sid, agent, usage) for sid, agent, usage in rows if usage]
+
+    @_retrying
+    def handoffs(self, execution_id: str) -> list[HandoffRow]:
+        """Every handoff of the execution, taken or refused, in the order they happened."""
+        query = select(HandoffRow).where(HandoffRow.execution_id == execution_id)
+        with self._store.session() as session:
+            return list(session.scalars(query.order_by(HandoffRow.id)))
 
     @_retrying
     def attempts(self, execution_id: str, step_id: str | None = None) -> list[AttemptRow]:

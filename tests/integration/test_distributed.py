@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 EXAMPLE_TEAM = "examples/code_audit/team.yaml"
 SAMPLE = "examples/code_audit/sample_project"
 CLEAN = "examples/code_audit/clean_project"
-REPORT_KEYS = {"execution_id", "status", "output", "usage", "steps"}
+REPORT_KEYS = {"execution_id", "status", "output", "usage", "steps", "handoffs"}
 STEP_KEYS = {
     "id",
     "agent",
