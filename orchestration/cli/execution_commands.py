@@ -9,11 +9,11 @@ import click
 from rich.console import Console
 
 from orchestration.cli import exit_codes
+from orchestration.cli.invocation import Invocation, pass_invocation
 from orchestration.cli.render import ProgressPrinter, print_plan, print_result
 from orchestration.client.report import ExecutionReport
 from orchestration.client.team import Team, execution
 from orchestration.errors import WaitTimeout
-from orchestration.settings import get_settings
 
 
 def _parse_input(text: str | None, json_text: str | None) -> Any:
@@ -42,7 +42,9 @@ def _exit_code(report: ExecutionReport) -> int:
     type=click.FloatRange(min=0, min_open=True),
     help="Stop waiting after this many seconds (exit 3).",
 )
+@pass_invocation
 def run_team(
+    invocation: Invocation,
     team_file: str,
     input_text: str | None,
     input_json: str | None,
@@ -52,17 +54,18 @@ def run_team(
 ) -> int:
     """Run TEAM_FILE and wait for its result."""
     input_value = _parse_input(input_text, input_json)
-    settings = get_settings()
+    settings = invocation.settings
     if no_wait and settings.embedded:
         raise click.UsageError(
             "--no-wait needs a broker (set TROUPE_BROKER_URL); the embedded worker lives "
             "only as long as this command"
         )
-    team = Team.load(team_file)
+    team = Team.load(team_file, settings=settings)
+    runtime = invocation.runtime
     console = Console(stderr=as_json, highlight=False)
-    for agent, state in team.open_breakers().items():
+    for agent, state in team.open_breakers(runtime).items():
         click.echo(f"warning: agent {agent!r} circuit breaker is {state}", err=True)
-    handle = team.enqueue(input_value, check_worker=not no_wait)
+    handle = team.enqueue(input_value, check_worker=not no_wait, runtime=runtime)
     if no_wait:
         click.echo(
             json.dumps({"execution_id": handle.execution_id}) if as_json else handle.execution_id
@@ -95,9 +98,10 @@ def run_team(
 @click.command()
 @click.argument("execution_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def status(execution_id: str, as_json: bool) -> int:
+@pass_invocation
+def status(invocation: Invocation, execution_id: str, as_json: bool) -> int:
     """Show an execution's status, steps and output."""
-    report = execution(execution_id).report()
+    report = execution(execution_id, runtime=invocation.runtime).report()
     if as_json:
         click.echo(report.to_json())
     else:
@@ -109,18 +113,20 @@ def status(execution_id: str, as_json: bool) -> int:
 
 @click.command()
 @click.argument("team_file", type=click.Path(dir_okay=False))
-def validate(team_file: str) -> int:
+@pass_invocation
+def validate(invocation: Invocation, team_file: str) -> int:
     """Check TEAM_FILE and print its plan: levels, steps, agents, policies."""
-    team = Team.load(team_file)
+    team = Team.load(team_file, settings=invocation.settings)
     print_plan(Console(highlight=False), team.spec, team.plan, team_file)
     return exit_codes.COMPLETED
 
 
 @click.command()
 @click.argument("execution_id")
-def stop(execution_id: str) -> int:
+@pass_invocation
+def stop(invocation: Invocation, execution_id: str) -> int:
     """Cancel an execution: recorded first, so no later step calls its agent."""
-    handle = execution(execution_id)
+    handle = execution(execution_id, runtime=invocation.runtime)
     if handle.cancel("stopped by `manage.py stop`"):
         click.echo(f"execution {execution_id} cancelled")
         return exit_codes.COMPLETED

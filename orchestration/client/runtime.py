@@ -151,7 +151,3 @@ def _default_settings() -> Settings:
     if _settings is None:
         _settings = Settings()
     return _settings
-
-
-def embedded_worker_running() -> bool:
-    return _runtime is not None and _runtime.worker is not None and _runtime.worker.running

@@ -91,3 +91,13 @@ def test_on_redis_the_visibility_timeout_bounds_a_team_not_the_consumer_timeout(
     code, stderr = _validate(team, **redis, TROUPE_VISIBILITY_TIMEOUT="8")
     assert code == 2, stderr
     assert "exceeds the broker's visibility timeout (8s)" in stderr, stderr
+
+
+def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    team = _slow_team(tmp_path)
+
+    code, stderr = _validate(team, TROUPE_LEASE_INTERVAL="-1", TROUPE_QUEUE="q")
+
+    assert code == 2, stderr
+    [line] = stderr.splitlines()
+    assert line.startswith("error: invalid settings: TROUPE_LEASE_INTERVAL: "), line
