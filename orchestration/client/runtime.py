@@ -146,6 +146,14 @@ def get_runtime() -> Runtime:
         return _runtime
 
 
+def shutdown() -> None:
+    """Stop the embedded worker of this process's default runtime, if one was made."""
+    with _lock:
+        runtime = _runtime
+    if runtime is not None:
+        runtime.shutdown()
+
+
 def _default_settings() -> Settings:
     global _settings
     if _settings is None:
