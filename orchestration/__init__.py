@@ -3,6 +3,7 @@
 from orchestration.agents.call import AgentCall, AgentResult, Usage
 from orchestration.client.handle import ExecutionHandle
 from orchestration.client.report import ExecutionReport, StepReport
+from orchestration.client.runtime import Runtime, configure
 from orchestration.client.team import Team, execution
 from orchestration.errors import (
     PermanentAgentError,
@@ -10,6 +11,7 @@ from orchestration.errors import (
     TransientAgentError,
     TroupeError,
 )
+from orchestration.settings import Settings
 
 __all__ = [
     "AgentCall",
@@ -17,11 +19,14 @@ __all__ = [
     "ExecutionHandle",
     "ExecutionReport",
     "PermanentAgentError",
+    "Runtime",
+    "Settings",
     "StepReport",
     "Team",
     "TeamFileError",
     "TransientAgentError",
     "TroupeError",
     "Usage",
+    "configure",
     "execution",
 ]
