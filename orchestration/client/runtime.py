@@ -41,13 +41,15 @@ class Runtime:
         """A runtime on ``settings``: their state database, and Troupe's Celery app
         configured from them. The app is one per process (workers/app.py): every runtime
         of a process must have the same settings (TroupeError otherwise)."""
+        from workers.app import app, configure_app
+
+        # First: an app that already runs with other settings refuses them, before any
+        # database is touched.
+        configure_app(settings)
         url = settings.effective_database_url
         # The embedded SQLite file is ours to create; a shared PostgreSQL is migrated
         # by its operator (`manage.py db upgrade`).
         ensure_schema(url, auto_upgrade=settings.embedded or url.startswith("sqlite"))
-        from workers.app import app, configure_app
-
-        configure_app(settings)
         store = Store(url, connections=settings.db_connections)
         return cls(settings=settings, store=store, executions=ExecutionRecords(store), app=app)
 
