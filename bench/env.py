@@ -10,8 +10,9 @@ PostgreSQL: a database ``troupe_bench_<pid>`` is created on the server the setti
 to (``TROUPE_DATABASE_URL``, else postgres@127.0.0.1:5432), migrated with
 ``manage.py db upgrade``, and dropped at the end.
 
-The settings are exported to ``os.environ`` before anything imports Troupe: Troupe reads
-them once per process.
+The settings are exported to ``os.environ`` (the raw Celery side reads them there) and
+given to Troupe's client as this process's settings (``configure``); child processes get
+them in their environment.
 """
 
 from __future__ import annotations
@@ -88,15 +89,15 @@ class BenchEnv:
         return env
 
     def export(self) -> None:
-        """Put the settings into this process's environment, before Troupe is imported."""
-        loaded = "orchestration.settings" in sys.modules
-        if loaded:
-            from orchestration.settings import get_settings
-
-            if get_settings.cache_info().currsize:
-                raise BenchError("Troupe's settings were read before the bench environment")
+        """Put the settings into this process's environment, and make them Troupe's
+        settings for this process (its default runtime and Celery app)."""
         os.environ.update(self.troupe_env())
         os.environ.update(self.raw_env())
+        from orchestration.client.runtime import configure
+        from orchestration.settings import Settings
+
+        # Refused (TroupeError) if Troupe's app already runs with other settings.
+        configure(Settings())
 
 
 def redis_client(url: str) -> Any:

@@ -1,8 +1,9 @@
 """Driving Troupe from the benchmark process: enqueue, wait for the recorded finish, read
 the audit trail.
 
-Import this only after ``BenchEnv.export()`` (or in a process whose environment already
-names the broker and database): Troupe reads its settings once per process.
+Use this only after ``BenchEnv.export()`` (or in a process whose environment already
+names the broker and database): it runs on the process's default runtime, made from the
+settings ``export()`` configured (else from the environment, on first use).
 
 Wall time of an execution is measured from just before ``enqueue`` to the finish the
 worker recorded (``troupe_executions.finished_at``; same machine, same clock), so the

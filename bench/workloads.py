@@ -197,7 +197,7 @@ def _median_timeline(runs: list[Watched]) -> dict[str, float | None]:
 def _emit_io(
     ctx: Context, raws: list[Watched], syncs: list[Watched], asyncs: list[Watched]
 ) -> None:
-    from orchestration.settings import get_settings
+    from orchestration.client.runtime import default_settings
 
     width, wait = ctx.sizes.io_width, ctx.sizes.io_wait
     common: dict[str, Any] = {
@@ -230,7 +230,7 @@ def _emit_io(
         None,
         **common,
         async_peaks=[r.connections for r in asyncs],
-        db_connections_setting=get_settings().db_connections,
+        db_connections_setting=default_settings().db_connections,
         note="the Troupe worker's connections in pg_stat_activity, sampled every 20 ms",
     )
     ctx.emit(

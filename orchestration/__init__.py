@@ -4,6 +4,7 @@ from orchestration.agents.call import AgentCall, AgentResult, ToolCall, Usage
 from orchestration.agents.team_channel import Handoff, Message
 from orchestration.client.handle import ExecutionHandle
 from orchestration.client.report import ExecutionReport, StepReport
+from orchestration.client.runtime import Runtime, configure
 from orchestration.client.team import Team, execution
 from orchestration.errors import (
     BudgetExceeded,
@@ -12,6 +13,7 @@ from orchestration.errors import (
     TransientAgentError,
     TroupeError,
 )
+from orchestration.settings import Settings
 from orchestration.spec import Budget
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "Handoff",
     "Message",
     "PermanentAgentError",
+    "Runtime",
+    "Settings",
     "StepReport",
     "Team",
     "TeamFileError",
@@ -31,5 +35,6 @@ __all__ = [
     "TransientAgentError",
     "TroupeError",
     "Usage",
+    "configure",
     "execution",
 ]

@@ -1,4 +1,11 @@
-"""One typed settings object, read from ``TROUPE_*`` environment variables.
+"""One typed settings object: ``Settings()`` reads ``TROUPE_*`` environment variables,
+keyword arguments override them.
+
+Troupe never reads them at import. Whoever starts Troupe makes one object and passes it
+down: the CLI at its entry, the client through ``Runtime.from_settings`` or
+``configure``, a worker through ``workers.app.configure_app``. Only where none was given
+(the client's default runtime, a Celery app started by ``celery -A``) is the environment
+read, on first use.
 
 With no broker configured Troupe runs *embedded*: Celery's in-memory transport, a worker
 thread inside the calling process, and SQLite state under ``state_dir``.
@@ -6,7 +13,6 @@ thread inside the calling process, and SQLite state under ``state_dir``.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -121,8 +127,3 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'troupe.db').resolve()}"
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

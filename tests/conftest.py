@@ -1,9 +1,10 @@
 """Test-session isolation and the services the integration tests need.
 
-Troupe reads its settings once per process and keeps one runtime per process, so this
-module fixes the environment at import time, before anything imports
-``orchestration.settings``: no TROUPE_* variable leaks in from the developer's shell, and
-the in-process (embedded) runtime keeps its SQLite state in a temporary directory.
+In-process tests run Troupe on a ``Settings`` object given explicitly (the ``settings``
+fixture: embedded, SQLite state in a temporary directory, nothing read from the
+environment), made the process's default before any test runs; no TROUPE_* variable of
+the developer's shell reaches them. Subprocesses get their settings as users give them,
+in TROUPE_* environment variables (``subprocess_env`` drops the shell's own).
 
 Distributed tests talk to real Redis and PostgreSQL only through subprocesses, each session
 on its own Redis database number, its own PostgreSQL database and its own queue name, so
@@ -15,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import socket
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,17 +25,9 @@ from typing import IO, Any
 
 import pytest
 
-for _name in [name for name in os.environ if name.startswith("TROUPE_")]:
-    del os.environ[_name]
-_STATE_DIR = tempfile.mkdtemp(prefix="troupe-test-state-")
-os.environ["TROUPE_STATE_DIR"] = _STATE_DIR
-
-from tests.support.services import (  # noqa: E402  (after the environment is fixed)
-    WorkerProcess,
-    run_manage,
-    subprocess_env,
-    tail,
-)
+from orchestration.settings import Settings
+from tests.support.services import WorkerProcess, run_manage, subprocess_env, tail
+from tests.support.settings import given_settings
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 # RabbitMQ's default vhost: sessions keep apart by their queue names (QUEUE).
@@ -51,15 +42,6 @@ REDIS_DBS = range(9, 16)
 _worker_log: Path | None = None
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    runtime_module = sys.modules.get("orchestration.client.runtime")
-    runtime = getattr(runtime_module, "_runtime", None)
-    if runtime is not None:
-        with contextlib.suppress(Exception):
-            runtime.shutdown()
-    shutil.rmtree(_STATE_DIR, ignore_errors=True)
-
-
 def unavailable(message: str) -> None:
     """Skip when a service is missing, but fail on CI, where it must be there."""
     if os.environ.get("CI"):
@@ -71,18 +53,36 @@ def unavailable(message: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def state_dir() -> Path:
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded runtime's state directory for this session."""
-    return Path(_STATE_DIR)
+    return tmp_path_factory.mktemp("troupe-state")
 
 
 @pytest.fixture(scope="session")
-def runtime() -> Any:
-    """The process-wide embedded runtime (SQLite under ``state_dir``)."""
+def settings(state_dir: Path) -> Settings:
+    """The settings of every in-process test: embedded, state under ``state_dir``."""
+    return given_settings(state_dir=state_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_settings(settings: Settings) -> Iterator[None]:
+    """Make ``settings`` the process's default before any test runs, so a test that
+    calls ``Team.run()`` with no runtime, or a worker task, runs on them too."""
+    from orchestration.client import runtime as process
+
+    process.configure(settings)
+    yield
+    with contextlib.suppress(Exception):
+        process.shutdown()
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Any:
+    """The process's default runtime: embedded, made from ``settings``."""
     from orchestration.client.runtime import get_runtime
 
     rt = get_runtime()
-    assert rt.settings.embedded, "the test process must run Troupe embedded"
+    assert rt.settings is settings
     return rt
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
@@ -26,7 +27,7 @@ from orchestration.constants import (
     REAP_TASK,
     START_TASK,
 )
-from orchestration.settings import Settings, get_settings
+from orchestration.settings import Settings
 from orchestration.step_state import record_of
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import BreakerStore
@@ -35,7 +36,7 @@ from orchestration.store.database import dispose_engines
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.repository import Store, is_transient
-from workers.app import app
+from workers.app import app, app_settings
 from workers.delegation import Delegation, Delivery, Limits, RetryLater, team_of
 from workers.health import run_heartbeat
 from workers.publish import TaskMessage, delegation_message, first_messages, publish
@@ -49,22 +50,29 @@ from workflows.scheduling import resumption
 log = logging.getLogger("troupe.worker")
 
 
-@lru_cache(maxsize=1)
-def store() -> Store:
-    settings = get_settings()
-    return Store(settings.effective_database_url, connections=settings.db_connections)
+@dataclass(frozen=True)
+class TaskContext:
+    """What the tasks of this process share: made once, on first use, from the settings
+    Troupe's app was configured with (workers/app.py), never read in a task body."""
+
+    settings: Settings
+    store: Store
+    records: DelegationRecords
+    delegation: Delegation
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TaskContext:
+        state = Store(settings.effective_database_url, connections=settings.db_connections)
+        records = DelegationRecords(state)
+        breakers = CachedBreakers(BreakerStore(state), settings.breaker_cache_ttl)
+        runner = Delegation(
+            records, breakers, _limits(settings), BudgetRecords(state), prices=settings.prices
+        )
+        return cls(settings, state, records, runner)
 
 
-@lru_cache(maxsize=1)
-def records() -> DelegationRecords:
-    return DelegationRecords(store())
-
-
-@lru_cache(maxsize=1)
-def delegation() -> Delegation:
-    settings = get_settings()
-    state = records()
-    limits = Limits(
+def _limits(settings: Settings) -> Limits:
+    return Limits(
         lease_interval=settings.lease_interval,
         lease_after=settings.lease_after,
         # A message held past the broker's redelivery bound would run twice.
@@ -79,13 +87,35 @@ def delegation() -> Delegation:
             )
         ),
     )
-    return Delegation(
-        state,
-        CachedBreakers(BreakerStore(store()), settings.breaker_cache_ttl),
-        limits,
-        BudgetRecords(store()),
-        prices=settings.prices,
-    )
+
+
+_context: TaskContext | None = None
+_context_lock = threading.Lock()
+
+
+def context() -> TaskContext:
+    """This process's task context (a forked pool child inherits it; its database
+    sockets are disposed of in ``_fresh_connections``)."""
+    global _context
+    current = _context
+    if current is None:
+        with _context_lock:
+            current = _context
+            if current is None:
+                current = _context = TaskContext.from_settings(app_settings())
+    return current
+
+
+def store() -> Store:
+    return context().store
+
+
+def records() -> DelegationRecords:
+    return context().records
+
+
+def delegation() -> Delegation:
+    return context().delegation
 
 
 @after_setup_logger.connect
@@ -111,9 +141,10 @@ def start(execution_id: str, resume: bool = False) -> str:
     is sent again with its next attempt, and an execution whose sinks are all decided
     is finished.
     """
-    state = records()
+    shared = context()
+    state = shared.records
     plan = team_of(state, execution_id).plan
-    queue = get_settings().queue
+    queue = shared.settings.queue
     if not resume:
         publish(app, first_messages(plan, execution_id, queue))
         return execution_id
@@ -146,7 +177,7 @@ def delegate(
     infra_retries: int = 0,
 ) -> None:
     request = self.request
-    settings = get_settings()
+    settings = context().settings
     # A redelivered message's earlier run died: the attempts it ran (its own, and any
     # it ran eagerly after it) may be taken over at once.
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
@@ -342,7 +373,7 @@ def _start_reaper(**_: Any) -> None:
     """Every worker reaps (in its main process): recovery needs no beat."""
     global _reaper
     if _reaper is None:
-        _reaper = ReaperThread(reap_once, get_settings().reap_interval)
+        _reaper = ReaperThread(reap_once, context().settings.reap_interval)
         _reaper.start()
 
 
@@ -360,9 +391,10 @@ def reap() -> dict[str, Any]:
 
 
 def reap_once() -> dict[str, Any]:
-    settings = get_settings()
+    shared = context()
+    settings = shared.settings
     report = reap_lost_work(
-        MaintenanceRecords(store()),
+        MaintenanceRecords(shared.store),
         lease_ttl=settings.lease_ttl,
         stall_timeout=settings.stall_timeout,
         resume=lambda execution_id: publish(

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestration.cli import exit_codes
-from orchestration.client.runtime import get_runtime
+from orchestration.cli.invocation import Invocation, pass_invocation
 from orchestration.resilience.breaker import CLOSED
 from orchestration.store.agent_registry import AgentRegistry, by_identity
 from orchestration.store.breakers import BreakerStore, aware
@@ -39,12 +39,13 @@ def _users_text(users: list[dict[str, Any]]) -> str:
 
 @click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_invocation
 @click.pass_context
-def breakers(context: click.Context, as_json: bool) -> int:
+def breakers(context: click.Context, invocation: Invocation, as_json: bool) -> int:
     """List every circuit breaker: what it guards and who calls it (or `breakers reset`)."""
     if context.invoked_subcommand is not None:
         return exit_codes.COMPLETED
-    store = get_runtime().store
+    store = invocation.runtime.store
     views = BreakerStore(store).all()
     users = by_identity(AgentRegistry(store).agents())
     rows: list[dict[str, Any]] = [
@@ -86,10 +87,11 @@ def breakers(context: click.Context, as_json: bool) -> int:
 
 @breakers.command()
 @click.argument("what")
-def reset(what: str) -> int:
+@pass_invocation
+def reset(invocation: Invocation, what: str) -> int:
     """Close a breaker by hand. WHAT is an identity, or an agent name: then the breakers
     of everything agents of that name call, in any team."""
-    store = get_runtime().store
+    store = invocation.runtime.store
     breaker_store = BreakerStore(store)
     if breaker_store.reset(what):
         click.echo(f"breaker of {what!r} closed")
@@ -115,10 +117,11 @@ def reset(what: str) -> int:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--window", default=3600.0, show_default=True, help="Seconds of recent calls.")
-def agents(as_json: bool, window: float) -> int:
+@pass_invocation
+def agents(invocation: Invocation, as_json: bool, window: float) -> int:
     """What registered agents call, who calls it, its health, last heartbeat, breaker
     and recent success rate."""
-    store = get_runtime().store
+    store = invocation.runtime.store
     registry = AgentRegistry(store)
     breaker_views = {view.key: view for view in BreakerStore(store).all()}
     beats = registry.last_heartbeats()

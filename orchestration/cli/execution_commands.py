@@ -9,11 +9,11 @@ import click
 from rich.console import Console
 
 from orchestration.cli import exit_codes
+from orchestration.cli.invocation import Invocation, pass_invocation
 from orchestration.cli.render import ProgressPrinter, print_attempts, print_plan, print_result
 from orchestration.client.report import ExecutionReport
 from orchestration.client.team import Team, execution
 from orchestration.errors import WaitTimeout
-from orchestration.settings import get_settings
 from orchestration.spec import Budget
 
 
@@ -53,7 +53,9 @@ def _exit_code(report: ExecutionReport) -> int:
     type=click.IntRange(min=1, max=10**15),
     help="Budget of this run in tokens, in + out (replaces the team file's).",
 )
+@pass_invocation
 def run_team(
+    invocation: Invocation,
     team_file: str,
     input_text: str | None,
     input_json: str | None,
@@ -68,17 +70,18 @@ def run_team(
     budget = None
     if max_cost_usd is not None or max_tokens is not None:
         budget = Budget(max_cost_usd=max_cost_usd, max_tokens=max_tokens)
-    settings = get_settings()
+    settings = invocation.settings
     if no_wait and settings.embedded:
         raise click.UsageError(
             "--no-wait needs a broker (set TROUPE_BROKER_URL); the embedded worker lives "
             "only as long as this command"
         )
-    team = Team.load(team_file)
+    team = Team.load(team_file, settings=settings)
+    runtime = invocation.runtime
     console = Console(stderr=as_json, highlight=False)
-    for agent, state in team.open_breakers().items():
+    for agent, state in team.open_breakers(runtime).items():
         click.echo(f"warning: agent {agent!r} circuit breaker is {state}", err=True)
-    handle = team.enqueue(input_value, check_worker=not no_wait, budget=budget)
+    handle = team.enqueue(input_value, check_worker=not no_wait, budget=budget, runtime=runtime)
     if no_wait:
         click.echo(
             json.dumps({"execution_id": handle.execution_id}) if as_json else handle.execution_id
@@ -117,9 +120,10 @@ def run_team(
     is_flag=True,
     help="Add the audit trail: every attempt with its outcome, usage and tool calls.",
 )
-def status(execution_id: str, as_json: bool, with_attempts: bool) -> int:
+@pass_invocation
+def status(invocation: Invocation, execution_id: str, as_json: bool, with_attempts: bool) -> int:
     """Show an execution's status, steps and output."""
-    handle = execution(execution_id)
+    handle = execution(execution_id, runtime=invocation.runtime)
     report = handle.report()
     attempts = handle.attempts() if with_attempts else None
     if as_json:
@@ -139,18 +143,20 @@ def status(execution_id: str, as_json: bool, with_attempts: bool) -> int:
 
 @click.command()
 @click.argument("team_file", type=click.Path(dir_okay=False))
-def validate(team_file: str) -> int:
+@pass_invocation
+def validate(invocation: Invocation, team_file: str) -> int:
     """Check TEAM_FILE and print its plan: levels, steps, agents, policies."""
-    team = Team.load(team_file)
+    team = Team.load(team_file, settings=invocation.settings)
     print_plan(Console(highlight=False), team.spec, team.plan, team_file)
     return exit_codes.COMPLETED
 
 
 @click.command()
 @click.argument("execution_id")
-def stop(execution_id: str) -> int:
+@pass_invocation
+def stop(invocation: Invocation, execution_id: str) -> int:
     """Cancel an execution: recorded first, so no later step calls its agent."""
-    handle = execution(execution_id)
+    handle = execution(execution_id, runtime=invocation.runtime)
     if handle.cancel("stopped by `manage.py stop`"):
         click.echo(f"execution {execution_id} cancelled")
         return exit_codes.COMPLETED

@@ -7,8 +7,10 @@ import sys
 from typing import NoReturn
 
 import click
+from pydantic import ValidationError
 
 from orchestration.cli import exit_codes
+from orchestration.cli.invocation import Invocation
 from orchestration.errors import (
     ExecutionNotFound,
     NoWorkerError,
@@ -16,12 +18,18 @@ from orchestration.errors import (
     TroupeError,
     WaitTimeout,
 )
+from orchestration.settings import Settings
 from orchestration.store.database import SchemaError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.pass_context
+def cli(context: click.Context) -> None:
     """Troupe: run teams of AI agents reliably on Celery."""
+    # `main` gives the invocation; invoked another way (click's test runner, another
+    # entry point), the group reads the settings itself, here at its entry.
+    if context.obj is None:
+        context.obj = Invocation(Settings())
 
 
 def _register() -> None:
@@ -48,24 +56,30 @@ _register()
 def main(argv: list[str] | None = None) -> NoReturn:
     # The project root must be importable so team files can name agents in it.
     sys.path.insert(0, os.getcwd())
+    # The one settings object of this command: read from TROUPE_* here, at the entry, and
+    # handed to every command through click's context.
     try:
-        code = cli.main(args=argv, prog_name="manage.py", standalone_mode=False)
+        invocation = Invocation(Settings())
+    except ValidationError as exc:
+        fail(_invalid_settings(exc), exit_codes.USAGE)
+    try:
+        code = cli.main(args=argv, prog_name="manage.py", standalone_mode=False, obj=invocation)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.Abort:
-        fail("aborted", exit_codes.FAILED)
+        fail("aborted", exit_codes.FAILED, invocation)
     except click.ClickException as exc:
-        fail(exc.format_message(), exit_codes.USAGE)
+        fail(exc.format_message(), exit_codes.USAGE, invocation)
     except TeamFileError as exc:
-        fail(f"invalid team file: {exc}", exit_codes.USAGE)
+        fail(f"invalid team file: {exc}", exit_codes.USAGE, invocation)
     except ExecutionNotFound as exc:
-        fail(str(exc), exit_codes.USAGE)
+        fail(str(exc), exit_codes.USAGE, invocation)
     except WaitTimeout as exc:
-        fail(str(exc), exit_codes.TIMEOUT)
+        fail(str(exc), exit_codes.TIMEOUT, invocation)
     except (NoWorkerError, SchemaError) as exc:
-        fail(str(exc), exit_codes.UNAVAILABLE)
+        fail(str(exc), exit_codes.UNAVAILABLE, invocation)
     except TroupeError as exc:
-        fail(str(exc), exit_codes.FAILED)
+        fail(str(exc), exit_codes.FAILED, invocation)
     except Exception as exc:
         if os.environ.get("TROUPE_DEBUG"):
             raise
@@ -73,19 +87,27 @@ def main(argv: list[str] | None = None) -> NoReturn:
         fail(
             f"internal error: {type(exc).__name__}: {detail} (set TROUPE_DEBUG=1 for a traceback)",
             exit_codes.FAILED,
+            invocation,
         )
-    leave(code if isinstance(code, int) else 0)
+    leave(code if isinstance(code, int) else 0, invocation)
 
 
-def fail(message: str, code: int) -> NoReturn:
+def _invalid_settings(exc: ValidationError) -> str:
+    """One line naming each TROUPE_* variable that is wrong, and why."""
+    problems = [
+        f"TROUPE_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors()
+    ]
+    return "invalid settings: " + "; ".join(problems)
+
+
+def fail(message: str, code: int, invocation: Invocation | None = None) -> NoReturn:
     click.echo(f"error: {message}", err=True)
-    leave(code)
+    leave(code, invocation)
 
 
-def leave(code: int) -> NoReturn:
-    from orchestration.client.runtime import embedded_worker_running
-
-    if embedded_worker_running():
+def leave(code: int, invocation: Invocation | None = None) -> NoReturn:
+    if invocation is not None and invocation.embedded_worker_running:
         # Everything is recorded. Exiting normally would wait for the embedded pool's
         # threads, one of which may be inside an agent that runs until its time limit.
         sys.stdout.flush()

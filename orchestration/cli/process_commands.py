@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from orchestration.cli import exit_codes
-from orchestration.settings import get_settings
+from orchestration.cli.invocation import Invocation, pass_invocation
+from orchestration.settings import Settings
 from orchestration.store.database import ensure_schema, schema_is_current, upgrade_schema
 
 
-def _require_broker(command: str) -> None:
-    if get_settings().embedded:
+def _require_broker(settings: Settings, command: str) -> None:
+    if settings.embedded:
         raise click.UsageError(
             f"`{command}` needs TROUPE_BROKER_URL (e.g. redis://127.0.0.1:6379/0); "
             "in embedded mode run-team starts its own worker"
@@ -23,7 +24,9 @@ def _require_broker(command: str) -> None:
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("-n", "--hostname", help="Worker node name.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@pass_invocation
 def worker(
+    invocation: Invocation,
     concurrency: int | None,
     pool: str,
     loglevel: str,
@@ -31,10 +34,13 @@ def worker(
     celery_args: tuple[str, ...],
 ) -> int:
     """Start a Celery worker that runs delegations."""
-    _require_broker("worker")
-    settings = get_settings()
+    settings = invocation.settings
+    _require_broker(settings, "worker")
     ensure_schema(settings.effective_database_url, auto_upgrade=False)
-    from workers.app import app
+    from workers.app import app, configure_app
+
+    # The tasks read these settings from the app; forked pool processes inherit them.
+    configure_app(settings)
 
     argv = [
         "worker",
@@ -54,11 +60,14 @@ def worker(
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def beat(loglevel: str, celery_args: tuple[str, ...]) -> int:
+@pass_invocation
+def beat(invocation: Invocation, loglevel: str, celery_args: tuple[str, ...]) -> int:
     """Start Celery beat, which schedules heartbeats and the reaper."""
-    _require_broker("beat")
-    settings = get_settings()
-    from workers.app import app
+    settings = invocation.settings
+    _require_broker(settings, "beat")
+    from workers.app import app, configure_app
+
+    configure_app(settings)
 
     schedule = settings.state_dir / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
@@ -70,10 +79,15 @@ def beat(loglevel: str, celery_args: tuple[str, ...]) -> int:
 @click.option("--port", default=5555, show_default=True, type=int)
 @click.option("--address", help="Interface to listen on (Flower's default: all).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, address: str | None, flower_args: tuple[str, ...]) -> int:
+@pass_invocation
+def flower(
+    invocation: Invocation, port: int, address: str | None, flower_args: tuple[str, ...]
+) -> int:
     """Start the Flower dashboard; delegations appear under their agents' names."""
-    _require_broker("flower")
-    from workers.app import app
+    _require_broker(invocation.settings, "flower")
+    from workers.app import app, configure_app
+
+    configure_app(invocation.settings)
 
     argv = ["flower", f"--port={port}"]
     if address:
@@ -88,18 +102,20 @@ def db() -> None:
 
 
 @db.command()
-def upgrade() -> int:
+@pass_invocation
+def upgrade(invocation: Invocation) -> int:
     """Create or migrate the schema to the current revision."""
-    url = get_settings().effective_database_url
+    url = invocation.settings.effective_database_url
     upgrade_schema(url)
     click.echo("database schema is current")
     return exit_codes.COMPLETED
 
 
 @db.command()
-def check() -> int:
+@pass_invocation
+def check(invocation: Invocation) -> int:
     """Exit 0 if the schema is current, 4 if it needs `db upgrade`."""
-    url = get_settings().effective_database_url
+    url = invocation.settings.effective_database_url
     if schema_is_current(url):
         click.echo("database schema is current")
         return exit_codes.COMPLETED

@@ -1,5 +1,12 @@
-"""The process-wide runtime: settings, state store, Celery app, and in embedded mode the
-in-process worker. Created on first use so importing Troupe connects to nothing."""
+"""The runtime: settings, state store, Celery app, and in embedded mode the in-process
+worker.
+
+A runtime is made from a ``Settings`` object given explicitly (``Runtime.from_settings``;
+the CLI makes its own from the settings it read at its entry). The client's calls that are
+given none use this process's default runtime, made on first use from the settings given
+to :func:`configure`, else from ``TROUPE_*`` environment variables, read then, once. So
+importing Troupe reads nothing and connects to nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from orchestration.client.handle import ExecutionHandle
 from orchestration.errors import NoWorkerError
-from orchestration.settings import Settings, get_settings
+from orchestration.settings import Settings
 from orchestration.store.database import ensure_schema
 from orchestration.store.executions import ExecutionRecords
 from orchestration.store.repository import Store
@@ -28,6 +35,23 @@ class Runtime:
     executions: ExecutionRecords
     app: Celery
     worker: EmbeddedWorker | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        """A runtime on ``settings``: their state database, and Troupe's Celery app
+        configured from them. The app is one per process (workers/app.py): every runtime
+        of a process must have the same settings (TroupeError otherwise)."""
+        from workers.app import app, configure_app
+
+        # First: an app that already runs with other settings refuses them, before any
+        # database is touched.
+        configure_app(settings)
+        url = settings.effective_database_url
+        # The embedded SQLite file is ours to create; a shared PostgreSQL is migrated
+        # by its operator (`manage.py db upgrade`).
+        ensure_schema(url, auto_upgrade=settings.embedded or url.startswith("sqlite"))
+        store = Store(url, connections=settings.db_connections)
+        return cls(settings=settings, store=store, executions=ExecutionRecords(store), app=app)
 
     def ensure_worker(self) -> None:
         """Embedded: start the in-process worker. Distributed: check that one answers."""
@@ -87,27 +111,53 @@ def _consumes(replies: list[dict[str, list[dict[str, object]]]] | None, queue: s
     return False
 
 
-def embedded_worker_running() -> bool:
-    return _runtime is not None and _runtime.worker is not None and _runtime.worker.running
-
-
+_settings: Settings | None = None
 _runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
+def configure(settings: Settings) -> None:
+    """Make ``settings`` this process's default, in place of the ``TROUPE_*``
+    environment: what ``Team`` and ``execution`` use when given no settings or runtime,
+    and what Troupe's Celery app runs with. Call it before Troupe is first used (once the
+    app runs with other settings, TroupeError)."""
+    global _settings, _runtime
+    from workers.app import configure_app
+
+    with _lock:
+        if settings == _settings:
+            return
+        configure_app(settings)
+        # A runtime made earlier never used the app (which then refuses new settings).
+        _settings, _runtime = settings, None
+
+
+def default_settings() -> Settings:
+    """This process's default settings: those given to :func:`configure`, else the
+    ``TROUPE_*`` environment's, read on the first call."""
+    with _lock:
+        return _default_settings()
+
+
 def get_runtime() -> Runtime:
+    """This process's default runtime, made from :func:`default_settings` on first use."""
     global _runtime
     with _lock:
         if _runtime is None:
-            settings = get_settings()
-            url = settings.effective_database_url
-            # The embedded SQLite file is ours to create; a shared PostgreSQL is migrated
-            # by its operator (`manage.py db upgrade`).
-            ensure_schema(url, auto_upgrade=settings.embedded or url.startswith("sqlite"))
-            from workers.app import app
-
-            store = Store(url, connections=settings.db_connections)
-            _runtime = Runtime(
-                settings=settings, store=store, executions=ExecutionRecords(store), app=app
-            )
+            _runtime = Runtime.from_settings(_default_settings())
         return _runtime
+
+
+def shutdown() -> None:
+    """Stop the embedded worker of this process's default runtime, if one was made."""
+    with _lock:
+        runtime = _runtime
+    if runtime is not None:
+        runtime.shutdown()
+
+
+def _default_settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = Settings()
+    return _settings

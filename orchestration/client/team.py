@@ -9,9 +9,9 @@ from typing import Any
 from orchestration.agents.identity import agent_identity
 from orchestration.client.handle import ExecutionHandle
 from orchestration.client.report import ExecutionReport
-from orchestration.client.runtime import get_runtime
+from orchestration.client.runtime import Runtime, default_settings, get_runtime
 from orchestration.resilience.breaker import CLOSED
-from orchestration.settings import get_settings
+from orchestration.settings import Settings
 from orchestration.spec import Budget, TeamSpec
 from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
@@ -27,8 +27,11 @@ class Team:
         self._spec_cache: tuple[dict[str, Any], str] | None = None
 
     @classmethod
-    def load(cls, path: str | Path) -> Team:
-        visibility_timeout, consumer_timeout = _redelivery_bounds()
+    def load(cls, path: str | Path, *, settings: Settings | None = None) -> Team:
+        """Read and validate a team file. ``settings``: those it will run with (by
+        default the process's: runtime.default_settings), whose broker's redelivery
+        bound every agent's time limit must fit."""
+        visibility_timeout, consumer_timeout = _redelivery_bounds(settings)
         return cls(
             load_team(
                 path, visibility_timeout=visibility_timeout, consumer_timeout=consumer_timeout
@@ -36,8 +39,11 @@ class Team:
         )
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "<team>") -> Team:
-        visibility_timeout, consumer_timeout = _redelivery_bounds()
+    def from_yaml(
+        cls, text: str, source: str = "<team>", *, settings: Settings | None = None
+    ) -> Team:
+        """The same, from YAML text."""
+        visibility_timeout, consumer_timeout = _redelivery_bounds(settings)
         return cls(
             parse_team(
                 text,
@@ -52,12 +58,18 @@ class Team:
         return self.spec.name
 
     def enqueue(
-        self, input: Any = None, *, check_worker: bool = True, budget: Budget | None = None
+        self,
+        input: Any = None,
+        *,
+        check_worker: bool = True,
+        budget: Budget | None = None,
+        runtime: Runtime | None = None,
     ) -> ExecutionHandle:
         """Record the execution, then publish its first steps. Returns at once.
 
-        ``budget`` replaces the team's limits it gives (each of cost and tokens)."""
-        runtime = get_runtime()
+        ``budget`` replaces the team's limits it gives (each of cost and tokens);
+        ``runtime``: where to run it, by default the process's (``get_runtime``)."""
+        runtime = runtime or get_runtime()
         if check_worker:
             runtime.ensure_worker()
         execution_id = str(uuid.uuid4())
@@ -85,10 +97,10 @@ class Team:
             self._spec_cache = cached
         return cached
 
-    def open_breakers(self) -> dict[str, str]:
+    def open_breakers(self, runtime: Runtime | None = None) -> dict[str, str]:
         """Agents of this team whose breaker (that of what they call) is not closed,
         with why."""
-        breakers = BreakerStore(get_runtime().store)
+        breakers = BreakerStore((runtime or get_runtime()).store)
         found = {}
         for name, agent in self.spec.agents.items():
             view = breakers.get(agent_identity(agent))
@@ -98,23 +110,28 @@ class Team:
         return found
 
     def run(
-        self, input: Any = None, timeout: float | None = None, *, budget: Budget | None = None
+        self,
+        input: Any = None,
+        timeout: float | None = None,
+        *,
+        budget: Budget | None = None,
+        runtime: Runtime | None = None,
     ) -> ExecutionReport:
         """Enqueue and wait for the result."""
-        return self.enqueue(input, budget=budget).wait(timeout)
+        return self.enqueue(input, budget=budget, runtime=runtime).wait(timeout)
 
 
-def execution(execution_id: str) -> ExecutionHandle:
+def execution(execution_id: str, *, runtime: Runtime | None = None) -> ExecutionHandle:
     """A handle on an execution started earlier, from any process."""
-    runtime = get_runtime()
+    runtime = runtime or get_runtime()
     runtime.executions.execution_status(execution_id)  # raises ExecutionNotFound
     return runtime.handle(execution_id)
 
 
-def _redelivery_bounds() -> tuple[float | None, float | None]:
+def _redelivery_bounds(settings: Settings | None) -> tuple[float | None, float | None]:
     """(visibility timeout, consumer timeout): the one that bounds how long this broker
     lets a worker hold a message before it delivers it again, the other None."""
-    settings = get_settings()
+    settings = settings or default_settings()
     if settings.embedded:
         return None, None  # the in-memory transport never redelivers
     if settings.broker_is_rabbitmq:

@@ -1,16 +1,19 @@
 """Troupe's Celery configuration is its own: run from a project folder that has its own
-``celeryconfig.py``, and validated against the broker it is given (Redis or RabbitMQ)."""
+``celeryconfig.py``, and validated against the broker it is given (Redis or RabbitMQ).
+Its settings come from TROUPE_* variables when whoever starts Troupe reads them, never at
+import; an invalid one is one line naming it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.support.foreign_project import MARKER, expected_output, write_project
-from tests.support.services import describe, run_manage, subprocess_env
+from tests.support.services import PYTHON, ROOT, describe, run_manage, subprocess_env
 from tests.support.teams import agent, write_text
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,3 +94,47 @@ def test_on_redis_the_visibility_timeout_bounds_a_team_not_the_consumer_timeout(
     code, stderr = _validate(team, **redis, TROUPE_VISIBILITY_TIMEOUT="8")
     assert code == 2, stderr
     assert "exceeds the broker's visibility timeout (8s)" in stderr, stderr
+
+
+def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    team = _slow_team(tmp_path)
+
+    code, stderr = _validate(team, TROUPE_LEASE_INTERVAL="-1", TROUPE_QUEUE="q")
+
+    assert code == 2, stderr
+    [line] = stderr.splitlines()
+    assert line.startswith("error: invalid settings: TROUPE_LEASE_INTERVAL: "), line
+
+
+def _python(code: str, tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = subprocess_env({"TROUPE_STATE_DIR": str(tmp_path / "state"), **settings})
+    return subprocess.run(
+        [PYTHON, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+
+
+def test_importing_troupe_reads_no_setting(tmp_path: Path) -> None:
+    # An invalid value would raise wherever it was read.
+    code = "import orchestration, orchestration.cli, workers.tasks; print('ok')"
+    result = _python(code, tmp_path, TROUPE_LEASE_INTERVAL="-1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_an_app_nobody_configured_reads_the_environment_when_first_needed(
+    tmp_path: Path,
+) -> None:
+    # As under `celery -A workers.app`, which configures nothing itself.
+    code = (
+        "from workers.app import app, app_settings\n"
+        "print(app.conf.task_default_queue, app_settings().queue)\n"
+    )
+    result = _python(code, tmp_path, TROUPE_QUEUE="from-env")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["from-env", "from-env"]
