@@ -50,3 +50,8 @@ def asks_then_fails_once(call: AgentCall) -> str:
     if call.attempt == 1:
         raise RuntimeError("first attempt fails after asking")
     return f"got {answer}"
+
+
+def passes_to_recorder(call: AgentCall) -> Handoff:
+    """Hands off to ``recorder`` (tests.support.faults:record), passing its own input."""
+    return Handoff("recorder", reason="the recorder does this")
