@@ -24,6 +24,7 @@ from orchestration.agents.identity import agent_identity
 from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
 from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
+from orchestration.engine import approvals
 from orchestration.engine import decisions as d
 from orchestration.errors import CircuitOpen, InternalError
 from orchestration.pricing import Prices
@@ -31,9 +32,10 @@ from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
 from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
-from orchestration.spec import AgentSpec, Budget, ModelPrice, TeamSpec, WhenOpen
+from orchestration.spec import AgentSpec, ApprovalSpec, Budget, ModelPrice, TeamSpec, WhenOpen
 from orchestration.spending import AttemptSpending, usage_record
 from orchestration.step_state import StepState, record_of
+from orchestration.store.approvals import ApprovalRecord, ApprovalRecords
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
 from orchestration.store.budgets import BudgetRecords
@@ -111,6 +113,8 @@ class Outcome:
     # The execution's end was recorded with this step's result.
     finalized: bool = False
     retry: RetryLater | None = None
+    # The step waits for an approval: its timer message goes out with this countdown.
+    wake_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ class TeamContext:
     # own prices.
     budget: Budget | None = None
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    # The steps that wait for a person's approval, by id.
+    approvals: Mapping[str, ApprovalSpec] = field(default_factory=dict)
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -157,7 +163,11 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
     if team is None:
         spec = TeamSpec.model_validate(store.execution_spec(execution_id))
         team = TeamContext(
-            agents=spec.agents, plan=build_plan(spec), budget=spec.budget, prices=spec.prices
+            agents=spec.agents,
+            plan=build_plan(spec),
+            budget=spec.budget,
+            prices=spec.prices,
+            approvals={s.id: s.approval for s in spec.steps if s.approval is not None},
         )
         with _cache_lock:
             _teams[(store.url, digest)] = team
@@ -187,8 +197,10 @@ class Delegation:
         limits: Limits,
         budgets: BudgetRecords,
         prices: Mapping[str, ModelPrice] | None = None,
+        approvals: ApprovalRecords | None = None,
     ) -> None:
         self.store = store
+        self.approvals = approvals
         self.breakers = breakers
         self.limits = limits
         self.budgets = budgets
@@ -206,7 +218,10 @@ class Delegation:
             delivery.execution_id, delivery.step_id, reads
         )
         row = rows[delivery.step_id]
-        agent = team.agents[step.agent]
+        # An approval gate calls no agent: it has one attempt, the one refused if it
+        # is rejected.
+        agent = team.agents.get(step.agent)
+        max_attempts = agent.retry.max_attempts if agent is not None else 1
         recorded = None
         lost = 0
         if row.attempts >= delivery.attempt and row.status not in STEP_FINAL:
@@ -221,8 +236,9 @@ class Delegation:
                     started_at=aware(found.started_at) or now(),
                     heartbeat_at=aware(found.heartbeat_at),
                 )
-        if recorded is not None or delivery.attempt > agent.retry.max_attempts:
+        if recorded is not None or delivery.attempt > max_attempts:
             lost = store.lost_attempts(delivery.execution_id, delivery.step_id)
+        gate, approval = self._approval_state(team, delivery, is_item)
         view = d.View(
             step=step,
             row=_Aware(row),
@@ -235,8 +251,10 @@ class Delegation:
             orphaned_by=delivery.orphaned_by,
             lease_ttl=self.limits.lease_ttl,
             lost=lost,
-            max_attempts=agent.retry.max_attempts,
+            max_attempts=max_attempts,
             now=now(),
+            gate=gate,
+            approval=approval,
         )
         state = _State(team, step, row, rows, view, delivery, execution_status)
         return self._carry_out(d.decide(view), state)
@@ -247,7 +265,8 @@ class Delegation:
         store = self.store
         team = team_of(store, delivery.execution_id)
         step = team.plan.step(map_step_of(delivery.step_id))
-        agent = team.agents[step.agent]
+        agent = team.agents.get(step.agent)
+        max_attempts = agent.retry.max_attempts if agent is not None else 1
         row = store.steps_by_id(delivery.execution_id, [delivery.step_id])[delivery.step_id]
         if row.status in STEP_FINAL:
             return Outcome()
@@ -264,7 +283,7 @@ class Delegation:
             outcome=OUTCOME_ERROR,
             error=AttemptError(InternalError.__name__, message, OUTCOME_ERROR),
         )
-        if delivery.attempt < agent.retry.max_attempts:
+        if agent is not None and delivery.attempt < max_attempts:
             delay = next_delay(
                 agent.retry, delivery.attempt, delivery.previous_delay, random.Random()
             )
@@ -279,9 +298,11 @@ class Delegation:
             return Outcome()
         return Outcome(send=tuple((sid, 1) for sid in decided.ready), ended=decided.ended)
 
-    def _carry_out(self, decision: d.Decision, state: _State) -> Outcome:
+    def _carry_out(self, decision: d.Decision | approvals.GateDecision, state: _State) -> Outcome:
         store = self.store
         delivery = state.delivery
+        if isinstance(decision, approvals.GateDecision):
+            return self._gate(decision, state)
         if isinstance(decision, d.Redrive):
             if state.execution_status in EXECUTION_FINAL:
                 return Outcome()  # a copy that comes after the end moves nothing
@@ -405,6 +426,43 @@ class Delegation:
         return RetryLater(
             min(countdown, self.limits.max_countdown), attempt, delivery.previous_delay
         )
+
+    # --- human approval ---------------------------------------------------------------
+
+    def _approval_state(
+        self, team: TeamContext, delivery: Delivery, is_item: bool
+    ) -> tuple[ApprovalSpec | None, ApprovalRecord | None]:
+        """The step's approval and its record: read only for a step that has one."""
+        gate = None if is_item else team.approvals.get(delivery.step_id)
+        if gate is None:
+            return None, None
+        if self.approvals is None:
+            raise InternalError("this worker has no approval records")
+        return gate, self.approvals.get(delivery.execution_id, delivery.step_id)
+
+    def _gate(self, decision: approvals.GateDecision, state: _State) -> Outcome:
+        """Ask for the approval and pause (nothing held: a timer message wakes the step
+        at its timeout), apply a due timeout, or complete a gate that was approved."""
+        assert self.approvals is not None
+        eid, sid = state.delivery.execution_id, state.delivery.step_id
+        if isinstance(decision, approvals.RequestApproval):
+            asked = self.approvals.request(eid, sid, decision.prompt, decision.timeout_at)
+            if asked.decision is not None:
+                return Outcome()  # decided meanwhile: its decider sent the step on
+            wait = max(0.0, (asked.timeout_at - now()).total_seconds())
+            return Outcome(wake_in=min(wait, self.limits.max_countdown))
+        if isinstance(decision, approvals.ApplyTimeout):
+            if self.approvals.decide(
+                eid, sid, decision.decision, approvals.TIMEOUT, decision.comment
+            ):
+                return self.run(state.delivery)  # decided here: carry it out
+            return Outcome()  # someone decided first and sends the step on
+        if isinstance(decision, approvals.PassGate):
+            decided = self.store.decide_without_call(
+                eid, sid, COMPLETED, state.countdown, output=decision.output
+            )
+            return state.continuation(decided)
+        return Outcome()  # waiting: its timer is set
 
     # --- the call ---------------------------------------------------------------------
 
