@@ -24,6 +24,7 @@ DELEGATE_TASK: Final = "troupe.delegate"
 FINALIZE_TASK: Final = "troupe.finalize"
 HEARTBEAT_TASK: Final = "troupe.heartbeat"
 REAP_TASK: Final = "troupe.reap"
+APPROVAL_DUE_TASK: Final = "troupe.approval_due"
 
 PENDING: Final = StepStatus.PENDING
 RUNNING: Final = StepStatus.RUNNING
@@ -32,6 +33,7 @@ FAILED: Final = StepStatus.FAILED
 CANCELLED: Final = StepStatus.CANCELLED
 RETRYING: Final = StepStatus.RETRYING
 SKIPPED: Final = StepStatus.SKIPPED
+WAITING_APPROVAL: Final = StepStatus.WAITING_APPROVAL
 
 SKIP_CONDITION: Final = SkipCause.CONDITION
 SKIP_UPSTREAM: Final = SkipCause.UPSTREAM
@@ -43,6 +45,7 @@ OUTCOME_REJECTED: Final = AttemptOutcome.REJECTED
 OUTCOME_LOST: Final = AttemptOutcome.LOST
 
 __all__ = [
+    "APPROVAL_DUE_TASK",
     "CANCELLED",
     "COMPLETED",
     "DEFAULT_QUEUE",
@@ -65,6 +68,7 @@ __all__ = [
     "SKIP_UPSTREAM",
     "START_TASK",
     "STEP_FINAL",
+    "WAITING_APPROVAL",
     "ExecutionStatus",
     "StepStatus",
 ]

@@ -59,6 +59,11 @@ class NoWorkerError(ExecutionError):
     """Distributed mode, and no worker answers on the broker."""
 
 
+class ApprovalRefused(ExecutionError):
+    """A decision on a step's approval was not recorded: the step does not wait for one
+    (decided already, not reached yet, no approval), or the decider is not an approver."""
+
+
 # --- agents -----------------------------------------------------------------------------
 
 
@@ -115,6 +120,11 @@ class WorkerLost(AgentError):
 
 class ForEachError(AgentError):
     """A map step's ``for_each`` did not give a list."""
+
+
+class ApprovalRejected(AgentError):
+    """The step's approval was rejected (by a person, or by its timeout): its agent was
+    not called."""
 
 
 class InternalError(TroupeError):

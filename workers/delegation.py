@@ -25,6 +25,7 @@ from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
 from orchestration.agents.team_channel import Handoff
 from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
+from orchestration.engine import approvals
 from orchestration.engine import decisions as d
 from orchestration.errors import CircuitOpen, HandoffRefused, InternalError
 from orchestration.pricing import Prices
@@ -32,9 +33,18 @@ from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
 from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
-from orchestration.spec import AgentSpec, Budget, HandoffRule, ModelPrice, TeamSpec, WhenOpen
+from orchestration.spec import (
+    AgentSpec,
+    ApprovalSpec,
+    Budget,
+    HandoffRule,
+    ModelPrice,
+    TeamSpec,
+    WhenOpen,
+)
 from orchestration.spending import AttemptSpending, usage_record
 from orchestration.step_state import StepState, record_of
+from orchestration.store.approvals import ApprovalRecord, ApprovalRecords
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
 from orchestration.store.budgets import BudgetRecords
@@ -115,6 +125,8 @@ class Outcome:
     # The execution's end was recorded with this step's result.
     finalized: bool = False
     retry: RetryLater | None = None
+    # The step waits for an approval: its timer message goes out with this countdown.
+    wake_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,8 @@ class TeamContext:
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     handoffs: tuple[HandoffRule, ...] = ()
     max_handoff_depth: int = 3
+    # The steps that wait for a person's approval, by id.
+    approvals: Mapping[str, ApprovalSpec] = field(default_factory=dict)
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -169,6 +183,7 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
             prices=spec.prices,
             handoffs=spec.handoffs,
             max_handoff_depth=spec.max_handoff_depth,
+            approvals={s.id: s.approval for s in spec.steps if s.approval is not None},
         )
         with _cache_lock:
             _teams[(store.url, digest)] = team
@@ -193,8 +208,10 @@ class Delegation:
         limits: Limits,
         budgets: BudgetRecords,
         prices: Mapping[str, ModelPrice] | None = None,
+        approvals: ApprovalRecords | None = None,
     ) -> None:
         self.store = store
+        self.approvals = approvals
         self.breakers = breakers
         self.limits = limits
         self.budgets = budgets
@@ -212,7 +229,10 @@ class Delegation:
             delivery.execution_id, delivery.step_id, reads
         )
         row = rows[delivery.step_id]
-        agent = team.agents[step.agent]
+        # An approval gate calls no agent: it has one attempt, the one refused if it
+        # is rejected.
+        agent = team.agents.get(step.agent)
+        max_attempts = agent.retry.max_attempts if agent is not None else 1
         recorded = None
         lost = 0
         if row.attempts >= delivery.attempt and row.status not in STEP_FINAL:
@@ -227,8 +247,9 @@ class Delegation:
                     started_at=aware(found.started_at) or now(),
                     heartbeat_at=aware(found.heartbeat_at),
                 )
-        if recorded is not None or delivery.attempt > agent.retry.max_attempts:
+        if recorded is not None or delivery.attempt > max_attempts:
             lost = store.lost_attempts(delivery.execution_id, delivery.step_id)
+        gate, approval = self._approval_state(team, delivery, is_item)
         view = d.View(
             step=step,
             row=_Aware(row),
@@ -241,8 +262,10 @@ class Delegation:
             orphaned_by=delivery.orphaned_by,
             lease_ttl=self.limits.lease_ttl,
             lost=lost,
-            max_attempts=agent.retry.max_attempts,
+            max_attempts=max_attempts,
             now=now(),
+            gate=gate,
+            approval=approval,
         )
         state = _State(team, step, row, rows, view, delivery, execution_status)
         return self._carry_out(d.decide(view), state)
@@ -253,7 +276,8 @@ class Delegation:
         store = self.store
         team = team_of(store, delivery.execution_id)
         step = planned_for(team.plan, delivery.step_id)
-        agent = team.agents[step.agent]
+        agent = team.agents.get(step.agent)
+        max_attempts = agent.retry.max_attempts if agent is not None else 1
         row = store.steps_by_id(delivery.execution_id, [delivery.step_id])[delivery.step_id]
         if row.status in STEP_FINAL:
             return Outcome()
@@ -270,7 +294,7 @@ class Delegation:
             outcome=OUTCOME_ERROR,
             error=AttemptError(InternalError.__name__, message, OUTCOME_ERROR),
         )
-        if delivery.attempt < agent.retry.max_attempts:
+        if agent is not None and delivery.attempt < max_attempts:
             delay = next_delay(
                 agent.retry, delivery.attempt, delivery.previous_delay, random.Random()
             )
@@ -285,9 +309,11 @@ class Delegation:
             return Outcome()
         return Outcome(send=tuple((sid, 1) for sid in decided.ready), ended=decided.ended)
 
-    def _carry_out(self, decision: d.Decision, state: _State) -> Outcome:
+    def _carry_out(self, decision: d.Decision | approvals.GateDecision, state: _State) -> Outcome:
         store = self.store
         delivery = state.delivery
+        if isinstance(decision, approvals.GateDecision):
+            return self._gate(decision, state)
         if isinstance(decision, d.Redrive):
             if state.execution_status in EXECUTION_FINAL:
                 return Outcome()  # a copy that comes after the end moves nothing
@@ -511,6 +537,43 @@ class Delegation:
         return RetryLater(
             min(countdown, self.limits.max_countdown), attempt, delivery.previous_delay
         )
+
+    # --- human approval ---------------------------------------------------------------
+
+    def _approval_state(
+        self, team: TeamContext, delivery: Delivery, is_item: bool
+    ) -> tuple[ApprovalSpec | None, ApprovalRecord | None]:
+        """The step's approval and its record: read only for a step that has one."""
+        gate = None if is_item else team.approvals.get(delivery.step_id)
+        if gate is None:
+            return None, None
+        if self.approvals is None:
+            raise InternalError("this worker has no approval records")
+        return gate, self.approvals.get(delivery.execution_id, delivery.step_id)
+
+    def _gate(self, decision: approvals.GateDecision, state: _State) -> Outcome:
+        """Ask for the approval and pause (nothing held: a timer message wakes the step
+        at its timeout), apply a due timeout, or complete a gate that was approved."""
+        assert self.approvals is not None
+        eid, sid = state.delivery.execution_id, state.delivery.step_id
+        if isinstance(decision, approvals.RequestApproval):
+            asked = self.approvals.request(eid, sid, decision.prompt, decision.timeout_at)
+            if asked.decision is not None:
+                return Outcome()  # decided meanwhile: its decider sent the step on
+            wait = max(0.0, (asked.timeout_at - now()).total_seconds())
+            return Outcome(wake_in=min(wait, self.limits.max_countdown))
+        if isinstance(decision, approvals.ApplyTimeout):
+            if self.approvals.decide(
+                eid, sid, decision.decision, approvals.TIMEOUT, decision.comment
+            ):
+                return self.run(state.delivery)  # decided here: carry it out
+            return Outcome()  # someone decided first and sends the step on
+        if isinstance(decision, approvals.PassGate):
+            decided = self.store.decide_without_call(
+                eid, sid, COMPLETED, state.countdown, output=decision.output
+            )
+            return state.continuation(decided)
+        return Outcome()  # waiting: its timer is set
 
     # --- the call ---------------------------------------------------------------------
 

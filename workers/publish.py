@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestration.constants import DELEGATE_TASK, FINALIZE_TASK
+from orchestration.constants import APPROVAL_DUE_TASK, DELEGATE_TASK, FINALIZE_TASK
 from workflows.plan import ExecutionPlan
 
 
@@ -59,6 +59,15 @@ def delegation_message(
             "argsrepr": repr((execution_id, step_id)),
             "kwargsrepr": repr(kwargs),
         },
+    )
+
+
+def approval_due_message(execution_id: str, step_id: str, queue: str) -> TaskMessage:
+    """The timer of a step waiting for approval: sent with a countdown to its timeout."""
+    return TaskMessage(
+        APPROVAL_DUE_TASK,
+        (execution_id, step_id),
+        options={"queue": queue, "shadow": f"approval:{step_id}"},
     )
 
 

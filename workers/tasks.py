@@ -21,6 +21,7 @@ from celery.signals import (
 
 from orchestration.agents.secrets import RedactingFilter
 from orchestration.constants import (
+    APPROVAL_DUE_TASK,
     DELEGATE_TASK,
     FINALIZE_TASK,
     HEARTBEAT_TASK,
@@ -29,6 +30,7 @@ from orchestration.constants import (
 )
 from orchestration.settings import Settings
 from orchestration.step_state import record_of
+from orchestration.store.approvals import ApprovalRecords
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.budgets import BudgetRecords
@@ -37,9 +39,16 @@ from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.repository import Store, is_transient
 from workers.app import app, app_settings
+from workers.approval_timer import run_timer
 from workers.delegation import Delegation, Delivery, Limits, RetryLater, team_of
 from workers.health import run_heartbeat
-from workers.publish import TaskMessage, delegation_message, first_messages, publish
+from workers.publish import (
+    TaskMessage,
+    approval_due_message,
+    delegation_message,
+    first_messages,
+    publish,
+)
 from workers.reaper import ReaperThread
 from workers.reaper import reap as reap_lost_work
 from workflows.outcome import decide_outcome
@@ -66,7 +75,12 @@ class TaskContext:
         records = DelegationRecords(state)
         breakers = CachedBreakers(BreakerStore(state), settings.breaker_cache_ttl)
         runner = Delegation(
-            records, breakers, _limits(settings), BudgetRecords(state), prices=settings.prices
+            records,
+            breakers,
+            _limits(settings),
+            BudgetRecords(state),
+            prices=settings.prices,
+            approvals=ApprovalRecords(state),
         )
         return cls(settings, state, records, runner)
 
@@ -116,6 +130,10 @@ def records() -> DelegationRecords:
 
 def delegation() -> Delegation:
     return context().delegation
+
+
+def approval_records() -> ApprovalRecords:
+    return ApprovalRecords(context().store)
 
 
 @after_setup_logger.connect
@@ -253,6 +271,13 @@ def run_eagerly(
                 "delegation %s/%s failed inside Troupe", delivery.execution_id, delivery.step_id
             )
             outcome = runner.internal_error(delivery, exc)
+        if outcome.wake_in is not None:
+            # The step waits for a person, holding nothing: this timer wakes it at the
+            # approval's timeout (in hops, if that is beyond the broker's bound).
+            _send_later(
+                approval_due_message(delivery.execution_id, delivery.step_id, queue),
+                outcome.wake_in,
+            )
         if outcome.ended and not outcome.finalized:
             finish_execution(delivery.execution_id)
         elif outcome.finalized:
@@ -325,6 +350,37 @@ def _send_later(message: TaskMessage, countdown: float) -> None:
 def _is_broker_error(exc: BaseException) -> bool:
     errors = tuple(app.connection_for_write().connection_errors)
     return isinstance(exc, errors)
+
+
+@app.task(name=APPROVAL_DUE_TASK, bind=True, max_retries=None, acks_late=True, ignore_result=True)
+def approval_due(self: Task, execution_id: str, step_id: str) -> None:
+    """A waiting approval's timer: not due yet, it goes out again (a countdown is bounded
+    by the broker's redelivery bound); due and still undecided, its ``on_timeout`` is
+    recorded (decided by "timeout") and the step is sent on. Decided already: nothing,
+    its decider sent the step on."""
+    settings = context().settings
+    try:
+        outcome = run_timer(
+            records(),
+            approval_records(),
+            execution_id,
+            step_id,
+            delegation().limits.max_countdown,
+        )
+        if outcome.rearm is not None:
+            _send_later(approval_due_message(execution_id, step_id, settings.queue), outcome.rearm)
+        if outcome.send is not None:
+            agent, attempt = outcome.send
+            publish(
+                app, [delegation_message(execution_id, step_id, agent, settings.queue, attempt)]
+            )
+    except Exception as exc:
+        if not is_transient(exc) and not _is_broker_error(exc):
+            raise
+        # Troupe's own outage: the timer is not dropped (the stall check is the last
+        # resort, minutes later).
+        log.warning("approval timer %s/%s: %s; again in 5s", execution_id, step_id, exc)
+        raise self.retry(countdown=5.0, max_retries=None) from None
 
 
 @app.task(name=FINALIZE_TASK, ignore_result=True)
@@ -407,4 +463,4 @@ def reap_once() -> dict[str, Any]:
     return {"lost_attempts": len(report.lost_attempts), "resumed": report.resumed}
 
 
-__all__ = ["delegate", "finalize", "finish_execution", "heartbeat", "reap", "start"]
+__all__ = ["approval_due", "delegate", "finalize", "finish_execution", "heartbeat", "reap", "start"]

@@ -26,6 +26,10 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    # Paused until a person decides (or the approval times out); holds no worker. Not
+    # final: what depends on the step waits, and the stall check leaves it alone until
+    # its timeout.
+    WAITING_APPROVAL = "waiting_approval"
 
 
 class SkipCause(StrEnum):

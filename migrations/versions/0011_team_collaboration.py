@@ -117,7 +117,8 @@ def upgrade() -> None:
         sa.Column("prompt", sa.Text(), nullable=False),
         sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("timeout_at", sa.DateTime(timezone=True), nullable=False),
-        # None while waiting; "approved", "rejected", or "timed_out"
+        # None while waiting; "approved" or "rejected" (decided_by "timeout": by its
+        # timeout's on_timeout)
         sa.Column("decision", sa.String(16), nullable=True),
         sa.Column("decided_by", sa.String(200), nullable=True),
         sa.Column("comment", sa.Text(), nullable=True),

@@ -1,4 +1,4 @@
-"""Commands about executions: run-team, status, validate, stop."""
+"""Commands about executions: run-team, status, validate, stop, approve."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from orchestration.cli.invocation import Invocation, pass_invocation
 from orchestration.cli.render import ProgressPrinter, print_attempts, print_plan, print_result
 from orchestration.client.report import ExecutionReport
 from orchestration.client.team import Team, execution
-from orchestration.errors import WaitTimeout
+from orchestration.errors import ApprovalRefused, WaitTimeout
 from orchestration.spec import Budget
 
 
@@ -92,7 +92,7 @@ def run_team(
             f"execution {handle.execution_id} of team {team.name!r} "
             f"({'embedded' if settings.embedded else 'distributed'})"
         )
-    progress = None if as_json else ProgressPrinter(console)
+    progress = None if as_json else ProgressPrinter(console, embedded=settings.embedded)
     try:
         report = handle.wait(timeout=timeout, on_progress=progress)
     except (WaitTimeout, KeyboardInterrupt) as exc:
@@ -161,4 +161,43 @@ def stop(invocation: Invocation, execution_id: str) -> int:
         click.echo(f"execution {execution_id} cancelled")
         return exit_codes.COMPLETED
     click.echo(f"execution {execution_id} had already finished ({handle.status()})", err=True)
+    return exit_codes.COMPLETED
+
+
+@click.command()
+@click.argument("execution_id")
+@click.argument("step")
+@click.option(
+    "--reject", is_flag=True, help="Reject: the step fails, what depends on it is skipped."
+)
+@click.option("--comment", help="Recorded with the decision.")
+@click.option(
+    "--as",
+    "by",
+    help="Who decides (default: your user name); one of the step's approvers, if it lists any.",
+)
+@pass_invocation
+def approve(
+    invocation: Invocation,
+    execution_id: str,
+    step: str,
+    reject: bool,
+    comment: str | None,
+    by: str | None,
+) -> int:
+    """Approve (or reject) the step STEP of EXECUTION_ID, which waits for approval."""
+    if invocation.settings.embedded:
+        raise click.UsageError(
+            "approve needs a broker (set TROUPE_BROKER_URL): an embedded run's worker lives "
+            "in its own process, which alone can decide (ExecutionHandle.approve)"
+        )
+    handle = execution(execution_id, runtime=invocation.runtime)
+    try:
+        decided = handle.approve(step, reject=reject, comment=comment, by=by)
+    except ApprovalRefused as exc:
+        # Nothing was recorded: one line, exit 2.
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"step {step} of execution {execution_id} {decided.decision} by {decided.decided_by}"
+    )
     return exit_codes.COMPLETED

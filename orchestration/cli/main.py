@@ -40,6 +40,7 @@ def _register() -> None:
         execution_commands.status,
         execution_commands.validate,
         execution_commands.stop,
+        execution_commands.approve,
         agent_commands.breakers,
         agent_commands.agents,
         process_commands.worker,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestration.client.report import AttemptReport, ExecutionReport
+from orchestration.client.report import ApprovalReport, AttemptReport, ExecutionReport
 from orchestration.spec import TeamSpec
 from workflows.plan import ExecutionPlan
 
@@ -21,31 +22,41 @@ _STYLE = {
     "running": "cyan",
     "retrying": "magenta",
     "pending": "dim",
+    "waiting_approval": "bold yellow",
+    "approved": "green",
+    "rejected": "yellow",
     # An attempt's outcome.
     "success": "green",
     "error": "red",
     "timeout": "red",
     "lost": "yellow",
-    "rejected": "yellow",
 }
 
 
 class ProgressPrinter:
     """Prints each step's transitions as the execution advances (called on every poll)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, embedded: bool = False) -> None:
         self._console = console
         self._seen: dict[str, tuple[str, int]] = {}
+        # How a waiting approval can be decided depends on where the worker lives.
+        self._embedded = embedded
+        self._decided: set[str] = set()
 
     def __call__(self, report: ExecutionReport) -> None:
         for step in report.steps:
+            approval = step.approval
+            if approval is not None and approval.decision and step.id not in self._decided:
+                # Said once, whatever the poll saw next (the step may have run already).
+                self._decided.add(step.id)
+                self._console.print(self._decision(step.id, step.agent, approval))
             state = (step.status, step.attempts)
             if self._seen.get(step.id) == state:
                 continue
             previous = self._seen.get(step.id)
             self._seen[step.id] = state
-            if previous is None and step.status == "pending":
-                continue
+            if step.status == "pending" and (previous is None or approval is not None):
+                continue  # not started yet, or decided and on its way to run
             self._console.print(
                 self._line(
                     step.id,
@@ -55,8 +66,36 @@ class ProgressPrinter:
                     step.duration_ms,
                     step.error,
                     report.reasons.get(step.id),
+                    step.approval,
                 )
             )
+            if step.status == "waiting_approval":
+                self._console.print(self._how_to_decide(report.execution_id, step.id))
+
+    @staticmethod
+    def _decision(step_id: str, agent: str, approval: ApprovalReport) -> Text:
+        text = Text()
+        decision = approval.decision or ""
+        text.append(f"{decision:>9} ", style=_STYLE.get(decision, ""))
+        text.append(step_id, style="bold")
+        text.append(f" ({agent}) ", style="dim")
+        text.append(approval_text(approval))
+        return text
+
+    def _how_to_decide(self, execution_id: str, step_id: str) -> Text:
+        if self._embedded:
+            # The in-memory broker lives in this process: no other can send the step on.
+            hint = (
+                "          embedded run: only this process can decide it "
+                "(ExecutionHandle.approve), so it takes its timeout here; with a broker "
+                "(TROUPE_BROKER_URL), decide with `manage.py approve`"
+            )
+        else:
+            hint = (
+                f"          decide: python manage.py approve {execution_id} {step_id} "
+                "[--reject] [--comment TEXT] [--as NAME]"
+            )
+        return Text(hint, style="dim")
 
     @staticmethod
     def _line(
@@ -67,6 +106,7 @@ class ProgressPrinter:
         duration_ms: int | None,
         error: str | None,
         reason: str | None,
+        approval: ApprovalReport | None = None,
     ) -> Text:
         text = Text()
         text.append(f"{status:>9} ", style=_STYLE.get(status, ""))
@@ -84,7 +124,22 @@ class ProgressPrinter:
             text.append(f" after {attempts} attempt{'s' if attempts != 1 else ''}: {error}")
         elif status in ("skipped", "cancelled") and reason:
             text.append(f": {reason}", style="dim")
+        elif status == "waiting_approval" and approval is not None:
+            text.append(f": {approval_text(approval)}")
         return text
+
+
+def approval_text(approval: ApprovalReport) -> str:
+    """A step's approval in one line: what it waits for, or what was decided."""
+    if approval.decision is None:
+        then = f"; then {approval.on_timeout}" if approval.on_timeout else ""
+        return f"{approval.prompt} (waiting until {_moment(approval.timeout_at)}{then})"
+    said = f": {approval.comment}" if approval.comment else ""
+    return f"{approval.decision} by {approval.decided_by}{said}"
+
+
+def _moment(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def print_result(console: Console, report: ExecutionReport) -> None:
@@ -98,7 +153,9 @@ def print_result(console: Console, report: ExecutionReport) -> None:
             Text(step.status, style=_STYLE.get(step.status, "")),
             str(step.attempts),
             "" if step.duration_ms is None else str(step.duration_ms),
-            step.error or report.reasons.get(step.id) or "",
+            step.error
+            or report.reasons.get(step.id)
+            or (approval_text(step.approval) if step.approval else ""),
         )
     console.print(table)
     if report.handoffs:
@@ -189,8 +246,10 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
     table = Table(show_lines=False)
     for column in ("depth", "step", "agent", "after", "when / for each", "time limit", "retry"):
         table.add_column(column)
+    approvals = {s.id: s.approval for s in spec.steps if s.approval is not None}
     for step in sorted(plan.steps, key=lambda s: (s.level, s.position)):
         agent = spec.agents.get(step.agent)
+        approval = approvals.get(step.id)
         limits = ("", "")
         if agent is not None:
             policy = agent.retry
@@ -209,6 +268,9 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
                 for part in (
                     step.when or "",
                     f"for each {step.map.for_each}" if step.map is not None else "",
+                    f"approval: {approval.timeout:g}s, then {approval.on_timeout}"
+                    if approval is not None
+                    else "",
                 )
                 if part
             ),

@@ -1,24 +1,40 @@
-"""A handle on one execution: its status, waiting for it, cancelling it."""
+"""A handle on one execution: its status, waiting for it, deciding its approvals,
+cancelling it."""
 
 from __future__ import annotations
 
+import getpass
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from orchestration.client.report import (
+    ApprovalReport,
     AttemptReport,
     ExecutionReport,
+    approval_report,
     attempt_reports,
     build_report,
 )
 from orchestration.constants import EXECUTION_FINAL
-from orchestration.errors import WaitTimeout
+from orchestration.engine import approvals
+from orchestration.errors import ApprovalRefused, ExecutionError, WaitTimeout
 from orchestration.store.executions import ExecutionRecords
 
 ProgressCallback = Callable[[ExecutionReport], None]
 
 
 Revoker = Callable[[list[str]], None]
+
+
+class StepSender(Protocol):
+    """Sends a step's delegation to the workers (the runtime does)."""
+
+    def cannot_send_steps(self) -> str | None:
+        """Why a step sent from this process would reach no worker, if so."""
+        ...
+
+    def send_step(self, execution_id: str, step_id: str, agent: str, attempt: int) -> None: ...
 
 
 class ExecutionHandle:
@@ -28,11 +44,13 @@ class ExecutionHandle:
         store: ExecutionRecords,
         poll_interval: float = 0.1,
         revoke: Revoker | None = None,
+        sender: StepSender | None = None,
     ) -> None:
         self.execution_id = execution_id
         self._store = store
         self._poll_interval = poll_interval
         self._revoke = revoke
+        self._sender = sender
 
     def __repr__(self) -> str:
         return f"ExecutionHandle({self.execution_id!r})"
@@ -45,6 +63,7 @@ class ExecutionHandle:
             self._store.steps(self.execution_id),
             self._store.usage(self.execution_id) if usage else None,
             self._store.handoffs(self.execution_id) if usage else None,
+            self._store.approvals.of_execution(self.execution_id),
         )
 
     def attempts(self) -> list[AttemptReport]:
@@ -85,6 +104,56 @@ class ExecutionHandle:
         """Wait and return the execution's output."""
         return self.wait(timeout).output
 
+    def approve(
+        self,
+        step: str,
+        *,
+        reject: bool = False,
+        comment: str | None = None,
+        by: str | None = None,
+    ) -> ApprovalReport:
+        """Decide the approval ``step`` waits for, then send the step on: approved, its
+        agent is called (a gate without an agent completes, its output the decision);
+        rejected, it fails with ``ApprovalRejected`` and what depends on it is skipped.
+
+        ``by`` (default: the operating-system user) is recorded with the decision, its
+        time and ``comment``; if the step lists ``approvers``, it must be one of them.
+        Raises ``ApprovalRefused`` (nothing recorded) if the step is not waiting for
+        approval (decided already, not reached yet, or it has none) or ``by`` may not
+        decide it. In embedded mode, only the process that runs the execution can send
+        the step on, so only it can decide."""
+        who = by if by is not None else _os_user()
+        spec = approvals.approval_of(self._store.execution(self.execution_id).spec, step)
+        if spec is None:
+            raise ApprovalRefused(f"step {step!r} of execution {self.execution_id} has no approval")
+        problem = approvals.check_decision(spec, who, comment)
+        if problem is None and self._sender is None:
+            problem = "this handle cannot send steps to a worker"
+        if problem is None and self._sender is not None:
+            problem = self._sender.cannot_send_steps()
+        if problem is not None:
+            raise ApprovalRefused(problem)
+        records = self._store.approvals
+        decision = approvals.REJECTED if reject else approvals.APPROVED
+        decided = records.decide(self.execution_id, step, decision, who, comment)
+        if decided is None:
+            raise ApprovalRefused(
+                approvals.not_waiting(
+                    step,
+                    records.step_status(self.execution_id, step),
+                    records.get(self.execution_id, step),
+                )
+            )
+        assert self._sender is not None
+        try:
+            self._sender.send_step(self.execution_id, step, decided.agent, decided.attempts + 1)
+        except Exception as exc:
+            raise ExecutionError(
+                f"step {step!r} was {decision}, but could not be sent on ({exc}); a "
+                "worker's stall check resumes it (TROUPE_STALL_TIMEOUT)"
+            ) from exc
+        return approval_report(decided.approval, spec)
+
     def cancel(self, reason: str = "cancelled by user") -> bool:
         """Cancel durably: record it first, so every later delegation sees it before calling
         its agent (even on a worker restarted later), then revoke what is queued.
@@ -96,3 +165,10 @@ class ExecutionHandle:
             if task_ids:
                 self._revoke(task_ids)
         return True
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name, and no entry in the password database
+        return "unknown"

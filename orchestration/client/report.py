@@ -9,6 +9,8 @@ from pydantic import BaseModel
 
 from orchestration.agents.call import Usage
 from orchestration.constants import SKIP_CONDITION
+from orchestration.spec import ApprovalSpec
+from orchestration.store.approvals import ApprovalRecord
 from orchestration.store.models import AttemptRow, ExecutionRow, HandoffRow, StepRow
 
 
@@ -96,6 +98,36 @@ def handoff_reports(rows: list[HandoffRow]) -> list[HandoffReport]:
     ]
 
 
+class ApprovalReport(BaseModel):
+    """A step's approval: what was asked and until when, and the decision (None while
+    it waits): by whom ("timeout" when its timeout decided), their comment, when."""
+
+    prompt: str
+    requested_at: str
+    timeout_at: str
+    on_timeout: str | None
+    # Who may decide (empty: anyone).
+    approvers: list[str]
+    decision: str | None
+    decided_by: str | None
+    comment: str | None
+    decided_at: str | None
+
+
+def approval_report(record: ApprovalRecord, spec: ApprovalSpec | None) -> ApprovalReport:
+    return ApprovalReport(
+        prompt=record.prompt,
+        requested_at=record.requested_at.isoformat(),
+        timeout_at=record.timeout_at.isoformat(),
+        on_timeout=spec.on_timeout if spec is not None else None,
+        approvers=list(spec.approvers) if spec is not None else [],
+        decision=record.decision,
+        decided_by=record.decided_by,
+        comment=record.comment,
+        decided_at=record.decided_at.isoformat() if record.decided_at else None,
+    )
+
+
 class StepReport(BaseModel):
     id: str
     agent: str
@@ -108,6 +140,14 @@ class StepReport(BaseModel):
     item_index: int | None = None
     # Summed over the step's attempts; None when no attempt reported any.
     usage: UsageReport | None = None
+    # Once the step asked for approval (in the JSON only then).
+    approval: ApprovalReport | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data = self.model_dump(exclude={"approval"})
+        if self.approval is not None:
+            data["approval"] = self.approval.model_dump()
+        return data
 
 
 class ExecutionReport(BaseModel):
@@ -134,7 +174,7 @@ class ExecutionReport(BaseModel):
             "status": self.status,
             "output": self.output,
             "usage": self.usage.model_dump() if self.usage is not None else None,
-            "steps": [step.model_dump() for step in self.steps],
+            "steps": [step.to_json_dict() for step in self.steps],
             "handoffs": [handoff.model_dump() for handoff in self.handoffs],
         }
 
@@ -147,11 +187,14 @@ def build_report(
     steps: list[StepRow],
     usage: list[tuple[str, str, dict[str, Any]]] | None = None,
     handoffs: list[HandoffRow] | None = None,
+    approvals: list[ApprovalRecord] | None = None,
 ) -> ExecutionReport:
-    """``usage``: (step, agent, usage) of each attempt that reported some."""
+    """``usage``: (step, agent, usage) of each attempt that reported some;
+    ``approvals``: the execution's approval requests and decisions."""
     by_step: dict[str, Usage] = {}
     by_agent: dict[str, Usage] = {}
     total: Usage | None = None
+    asked = _approvals(execution, approvals or [])
     for step_id, agent, record in usage or ():
         one = _usage(record)
         by_step[step_id] = by_step.get(step_id, Usage()) + one
@@ -163,7 +206,9 @@ def build_report(
         status=execution.status,
         output=execution.output,
         error=execution.error,
-        steps=[_step_report(row, by_step.get(row.step_id)) for row in steps],
+        steps=[
+            _step_report(row, by_step.get(row.step_id), asked.get(row.step_id)) for row in steps
+        ],
         reasons={row.step_id: row.reason for row in steps if row.reason},
         usage=UsageReport.of(total) if total is not None else None,
         usage_by_agent={agent: UsageReport.of(u) for agent, u in sorted(by_agent.items())},
@@ -187,7 +232,26 @@ _USAGE_FIELDS = (
 )
 
 
-def _step_report(row: StepRow, usage: Usage | None) -> StepReport:
+def _approvals(execution: ExecutionRow, records: list[ApprovalRecord]) -> dict[str, ApprovalReport]:
+    if not records:
+        return {}
+    # What the team file declared (on_timeout, approvers), from the stored spec.
+    declared = {
+        step.get("id"): step.get("approval")
+        for step in (execution.spec or {}).get("workflow", {}).get("steps", ())
+    }
+    found = {}
+    for record in records:
+        spec = declared.get(record.step_id)
+        found[record.step_id] = approval_report(
+            record, ApprovalSpec.model_validate(spec) if spec else None
+        )
+    return found
+
+
+def _step_report(
+    row: StepRow, usage: Usage | None, approval: ApprovalReport | None = None
+) -> StepReport:
     if row.error_type:
         error: str | None = f"{row.error_type}: {row.error_message}"
     elif row.reason and row.skip_cause != SKIP_CONDITION:
@@ -206,4 +270,5 @@ def _step_report(row: StepRow, usage: Usage | None) -> StepReport:
         parent=row.parent_id,
         item_index=row.item_index,
         usage=UsageReport.of(usage) if usage is not None else None,
+        approval=approval,
     )

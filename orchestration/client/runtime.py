@@ -89,8 +89,29 @@ class Runtime:
 
     def handle(self, execution_id: str) -> ExecutionHandle:
         return ExecutionHandle(
-            execution_id, self.executions, self.settings.poll_interval, revoke=self.revoke
+            execution_id,
+            self.executions,
+            self.settings.poll_interval,
+            revoke=self.revoke,
+            sender=self,
         )
+
+    def cannot_send_steps(self) -> str | None:
+        """Why a step sent from this process would reach no worker, if so: in embedded
+        mode the broker lives in memory, in the process whose worker runs the execution."""
+        if self.settings.embedded and (self.worker is None or not self.worker.running):
+            return (
+                "embedded mode: only the process that runs the execution can send its "
+                "steps on (decide there, with ExecutionHandle.approve); with a broker "
+                "(TROUPE_BROKER_URL), any process can"
+            )
+        return None
+
+    def send_step(self, execution_id: str, step_id: str, agent: str, attempt: int) -> None:
+        from workers.publish import delegation_message, publish
+
+        message = delegation_message(execution_id, step_id, agent, self.settings.queue, attempt)
+        publish(self.app, [message])
 
     def safe_broker_url(self) -> str:
         from workers.app import safe_broker_url

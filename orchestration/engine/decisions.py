@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from orchestration.engine import approvals
 from orchestration.errors import AgentError, DeadlineExceeded, ForEachError, WorkerLost
+from orchestration.spec import APPROVAL_PSEUDO_AGENT, ApprovalSpec
 from orchestration.step_state import StepState
 from workflows.conditions import ListExpressionError, compile_condition, evaluate_list
 from workflows.plan import PlannedStep
@@ -44,6 +46,10 @@ class View:
     lost: int
     max_attempts: int
     now: datetime  # timezone-aware, as are the datetimes of ``row`` and ``recorded``
+    # The step's approval, and its request and decision if one was recorded (read only
+    # for a step that has an approval).
+    gate: ApprovalSpec | None = None
+    approval: approvals.ApprovalState | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ class Call:
 Decision = Redrive | Stale | Decide | Expand | Join | SendItems | Refuse | LookLater | Call
 
 
-def decide(view: View) -> Decision:
+def decide(view: View) -> Decision | approvals.GateDecision:
     row, step = view.row, view.step
     is_item = row.step_id != step.id
     if row.status in STEP_FINAL:
@@ -148,6 +154,16 @@ def decide(view: View) -> Decision:
             outcome = compile_condition(step.when).evaluate(view.input, condition_view(view))
             if not outcome.value:
                 return Decide(StepStatus.SKIPPED, SkipCause.CONDITION, outcome.reason)
+    if not is_item and view.gate is not None:
+        # Before anything is called or expanded (a map step is approved once, before
+        # its items are added), after the dependencies and the condition.
+        gated = approvals.gate(
+            view.gate, view.approval, view.now, agentless=step.agent == APPROVAL_PSEUDO_AGENT
+        )
+        if isinstance(gated, approvals.RejectGate):
+            return Refuse(max(1, view.attempt), gated.error)
+        if gated is not None:
+            return gated
     if not is_item and step.map is not None:
         try:
             values = evaluate_list(

@@ -12,9 +12,11 @@ from orchestration.constants import (
     EXECUTION_FINAL,
     PENDING,
     RETRYING,
+    WAITING_APPROVAL,
 )
 from orchestration.errors import ExecutionNotFound
 from orchestration.spec import Budget
+from orchestration.store.approvals import ApprovalRecords
 from orchestration.store.models import AttemptRow, ExecutionRow, HandoffRow, StepRow
 from orchestration.store.repository import (
     Store,
@@ -37,6 +39,11 @@ class ExecutionRecords:
     @property
     def url(self) -> str:
         return self._store.url
+
+    @property
+    def approvals(self) -> ApprovalRecords:
+        """Steps' approvals: what status shows, and a person's decision."""
+        return ApprovalRecords(self._store)
 
     @_retrying
     def create_execution(
@@ -142,7 +149,7 @@ class ExecutionRecords:
                 plain_update(StepRow)
                 .where(
                     StepRow.execution_id == execution_id,
-                    StepRow.status.in_([PENDING, RETRYING]),
+                    StepRow.status.in_([PENDING, RETRYING, WAITING_APPROVAL]),
                 )
                 .values(status=CANCELLED, reason=reason, finished_at=stamp)
             )

@@ -14,6 +14,7 @@ from orchestration.constants import (
     PENDING,
     RETRYING,
     RUNNING,
+    WAITING_APPROVAL,
 )
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
 from orchestration.store.repository import (
@@ -28,7 +29,8 @@ from orchestration.store.repository import (
 
 @dataclass(frozen=True)
 class StepActivity:
-    # A step waits for a retry due after the moment asked about.
+    # A step waits for a retry, or for an approval whose timeout comes, after the moment
+    # asked about.
     retry_due: bool
     # The latest start, end or scheduled retry of any step.
     latest: datetime | None
@@ -100,7 +102,10 @@ class MaintenanceRecords:
         a 10,000-step execution's rows, loaded every round in every worker, had grown
         the worker's memory by tens of MiB."""
         query = select(
-            func.count().filter(StepRow.status == RETRYING, StepRow.next_attempt_at > due_after),
+            func.count().filter(
+                StepRow.status.in_([RETRYING, WAITING_APPROVAL]),
+                StepRow.next_attempt_at > due_after,
+            ),
             func.max(StepRow.started_at),
             func.max(StepRow.finished_at),
             func.max(StepRow.next_attempt_at),

@@ -283,6 +283,8 @@ class ApprovalRow(Base):
     prompt: Mapped[str] = mapped_column(Text)
     requested_at: Mapped[datetime]
     timeout_at: Mapped[datetime]
+    # None while waiting; "approved" or "rejected" (decided_by "timeout": by the
+    # approval's on_timeout).
     decision: Mapped[str | None] = mapped_column(String(16))
     decided_by: Mapped[str | None] = mapped_column(String(200))
     comment: Mapped[str | None] = mapped_column(Text)
