@@ -136,3 +136,8 @@ class AgentProtocolError(PermanentAgentError):
 
 class SecretMissing(PermanentAgentError):
     """An environment variable an agent's key or header names is not set in the worker."""
+
+
+class InvalidTeamWrite(PermanentAgentError):
+    """A shared-memory write or a message an agent cannot make: a key or recipient that
+    is not one, a value that is not JSON, or one its key's rule cannot take."""
