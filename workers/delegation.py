@@ -23,6 +23,7 @@ from orchestration.agents.call import AgentCall
 from orchestration.agents.identity import agent_identity
 from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
+from orchestration.collaboration.attempt import AttemptCollaboration
 from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
 from orchestration.engine import decisions as d
 from orchestration.errors import CircuitOpen, InternalError
@@ -31,13 +32,14 @@ from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
 from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
-from orchestration.spec import AgentSpec, Budget, ModelPrice, TeamSpec, WhenOpen
+from orchestration.spec import AgentSpec, Budget, MemoryRule, ModelPrice, TeamSpec, WhenOpen
 from orchestration.spending import AttemptSpending, usage_record
 from orchestration.step_state import StepState, record_of
 from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
 from orchestration.store.budgets import BudgetRecords
 from orchestration.store.delegations import DelegationRecords
+from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import (
     AttemptEnd,
     AttemptError,
@@ -138,6 +140,8 @@ class TeamContext:
     # own prices.
     budget: Budget | None = None
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    # The rule each shared-memory key is written by (others: last writer).
+    memory: Mapping[str, MemoryRule] = field(default_factory=dict)
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -157,7 +161,11 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
     if team is None:
         spec = TeamSpec.model_validate(store.execution_spec(execution_id))
         team = TeamContext(
-            agents=spec.agents, plan=build_plan(spec), budget=spec.budget, prices=spec.prices
+            agents=spec.agents,
+            plan=build_plan(spec),
+            budget=spec.budget,
+            prices=spec.prices,
+            memory=spec.memory,
         )
         with _cache_lock:
             _teams[(store.url, digest)] = team
@@ -187,11 +195,14 @@ class Delegation:
         limits: Limits,
         budgets: BudgetRecords,
         prices: Mapping[str, ModelPrice] | None = None,
+        *,
+        memory: MemoryRecords,
     ) -> None:
         self.store = store
         self.breakers = breakers
         self.limits = limits
         self.budgets = budgets
+        self.memory = memory
         # The deployment's prices (settings), under each team's own.
         self.prices = prices or {}
 
@@ -452,6 +463,15 @@ class Delegation:
             state.team.budget,
             self.budgets,
         )
+        collaboration = AttemptCollaboration(
+            self.memory,
+            delivery.execution_id,
+            delivery.step_id,
+            attempt,
+            name,
+            rules=state.team.memory,
+            agents=state.team.agents.keys(),
+        )
         agent_call = AgentCall(
             execution_id=delivery.execution_id,
             step_id=delivery.step_id,
@@ -464,6 +484,8 @@ class Delegation:
             index=state.row.item_index,
             _heartbeat=monitor.beat,
             budget=spending,
+            shared=collaboration.memory,
+            _team=collaboration.channel,
         )
         limit = agent.timeout
         if call.deadline is not None:
@@ -497,7 +519,7 @@ class Delegation:
             spending.admit()
             adapter = build_adapter(agent)
             result = call_with_time_limit(
-                lambda: adapter.invoke(agent_call),
+                lambda: collaboration.with_updates(adapter.invoke(agent_call)),
                 CallWatch(
                     limit,
                     heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
@@ -543,6 +565,7 @@ class Delegation:
                 error=error,
                 # Requests it settled before failing were spent all the same.
                 usage=usage_record(spending.spent),
+                context_version=collaboration.context_version,
             )
             if failure.transient and attempt < agent.retry.max_attempts:
                 delay = next_delay(agent.retry, attempt, delivery.previous_delay, random.Random())
@@ -584,12 +607,17 @@ class Delegation:
         usage = spending.price(result.usage)
         spending.charge(usage)
         done = StepRecord(status=COMPLETED, output=result.output, error=None)
+        # The attempt's memory writes and messages, applied before its success is
+        # recorded. A crash between the two leaves the step to run again, and the
+        # marker its batch left refuses the next attempt's: applied once.
+        self.memory.apply(collaboration.batch())
         decided = store.record_success(
             replace(
                 begun,
                 duration_ms=int(seconds * 1000),
                 usage=usage_record(usage),
                 tool_calls=[asdict(call) for call in result.tool_calls] or None,
+                context_version=collaboration.context_version,
             ),
             result.output,
             state.countdown,

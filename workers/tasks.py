@@ -34,6 +34,7 @@ from orchestration.store.budgets import BudgetRecords
 from orchestration.store.database import dispose_engines
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
+from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import Store, is_transient
 from workers.app import app
 from workers.delegation import Delegation, Delivery, Limits, RetryLater, map_step_of, team_of
@@ -84,6 +85,7 @@ def delegation() -> Delegation:
         limits,
         BudgetRecords(store()),
         prices=settings.prices,
+        memory=MemoryRecords(store()),
     )
 
 
