@@ -59,6 +59,13 @@ class NoWorkerError(ExecutionError):
     """Distributed mode, and no worker answers on the broker."""
 
 
+class StepNotFound(ExecutionError):
+    def __init__(self, execution_id: str, step_id: str) -> None:
+        self.execution_id = execution_id
+        self.step_id = step_id
+        super().__init__(f"execution {execution_id} has no step {step_id!r}")
+
+
 # --- agents -----------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from orchestration.cli import exit_codes
 from orchestration.errors import (
     ExecutionNotFound,
     NoWorkerError,
+    StepNotFound,
     TeamFileError,
     TroupeError,
     WaitTimeout,
@@ -25,13 +26,20 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from orchestration.cli import agent_commands, execution_commands, process_commands
+    from orchestration.cli import (
+        agent_commands,
+        context_commands,
+        execution_commands,
+        process_commands,
+    )
 
     for command in (
         execution_commands.run_team,
         execution_commands.status,
         execution_commands.validate,
         execution_commands.stop,
+        context_commands.context,
+        context_commands.messages,
         agent_commands.breakers,
         agent_commands.agents,
         process_commands.worker,
@@ -58,7 +66,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         fail(exc.format_message(), exit_codes.USAGE)
     except TeamFileError as exc:
         fail(f"invalid team file: {exc}", exit_codes.USAGE)
-    except ExecutionNotFound as exc:
+    except (ExecutionNotFound, StepNotFound) as exc:
         fail(str(exc), exit_codes.USAGE)
     except WaitTimeout as exc:
         fail(str(exc), exit_codes.TIMEOUT)

@@ -12,6 +12,7 @@ from orchestration.errors import NoWorkerError
 from orchestration.settings import Settings, get_settings
 from orchestration.store.database import ensure_schema
 from orchestration.store.executions import ExecutionRecords
+from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import Store
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ class Runtime:
     store: Store
     # The client's reads and writes of executions, on ``store``.
     executions: ExecutionRecords
+    # The reads of executions' shared memory and messages, on ``store``.
+    memory: MemoryRecords
     app: Celery
     worker: EmbeddedWorker | None = None
 
@@ -65,7 +68,11 @@ class Runtime:
 
     def handle(self, execution_id: str) -> ExecutionHandle:
         return ExecutionHandle(
-            execution_id, self.executions, self.settings.poll_interval, revoke=self.revoke
+            execution_id,
+            self.executions,
+            self.settings.poll_interval,
+            revoke=self.revoke,
+            memory=self.memory,
         )
 
     def safe_broker_url(self) -> str:
@@ -108,6 +115,10 @@ def get_runtime() -> Runtime:
 
             store = Store(url, connections=settings.db_connections)
             _runtime = Runtime(
-                settings=settings, store=store, executions=ExecutionRecords(store), app=app
+                settings=settings,
+                store=store,
+                executions=ExecutionRecords(store),
+                memory=MemoryRecords(store),
+                app=app,
             )
         return _runtime
