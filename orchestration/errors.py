@@ -64,6 +64,13 @@ class ApprovalRefused(ExecutionError):
     (decided already, not reached yet, no approval), or the decider is not an approver."""
 
 
+class StepNotFound(ExecutionError):
+    def __init__(self, execution_id: str, step_id: str) -> None:
+        self.execution_id = execution_id
+        self.step_id = step_id
+        super().__init__(f"execution {execution_id} has no step {step_id!r}")
+
+
 # --- agents -----------------------------------------------------------------------------
 
 
@@ -155,3 +162,8 @@ class HandoffRefused(PermanentAgentError):
 
 class AskFailed(PermanentAgentError):
     """An agent asked another (``call.ask``), which did not answer: its step failed."""
+
+
+class InvalidTeamWrite(PermanentAgentError):
+    """A shared-memory write or a message an agent cannot make: a key or recipient that
+    is not one, a value that is not JSON, or one its key's rule cannot take."""

@@ -23,7 +23,6 @@ from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from orchestration.agents.team_channel import Message
 from orchestration.constants import COMPLETED
 from orchestration.errors import AskFailed, PermanentAgentError
 from workflows.runtime_steps import ask_id
@@ -38,24 +37,13 @@ MAX_ASK_DEPTH = 8
 
 
 class Asks:
-    """One attempt's asks (and, until messages land, nothing else of its team)."""
+    """One attempt's questions to other agents (``AttemptChannel``'s asker)."""
 
     def __init__(self, runner: Delegation, state: _State, agent: str) -> None:
         self._runner = runner
         self._state = state
         self._agent = agent
         self._asked: Counter[str] = Counter()
-
-    def inbox(self) -> tuple[Message, ...]:
-        return ()
-
-    def send(
-        self, to: str, content: Any, *, type: str = "message", reply_to: int | None = None
-    ) -> None:
-        raise PermanentAgentError("messages are not available to this agent")
-
-    def broadcast(self, content: Any, *, type: str = "message") -> None:
-        raise PermanentAgentError("messages are not available to this agent")
 
     def ask(self, agent: str, question: Any, timeout: float | None = None) -> Any:
         state = self._state

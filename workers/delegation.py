@@ -24,6 +24,7 @@ from orchestration.agents.identity import agent_identity
 from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
 from orchestration.agents.team_channel import Handoff
+from orchestration.collaboration.attempt import AttemptCollaboration
 from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
 from orchestration.engine import approvals
 from orchestration.engine import decisions as d
@@ -38,6 +39,7 @@ from orchestration.spec import (
     ApprovalSpec,
     Budget,
     HandoffRule,
+    MemoryRule,
     ModelPrice,
     TeamSpec,
     WhenOpen,
@@ -49,6 +51,7 @@ from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import Admission, aware
 from orchestration.store.budgets import BudgetRecords
 from orchestration.store.delegations import DelegationRecords
+from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import (
     AttemptEnd,
     AttemptError,
@@ -158,6 +161,8 @@ class TeamContext:
     max_handoff_depth: int = 3
     # The steps that wait for a person's approval, by id.
     approvals: Mapping[str, ApprovalSpec] = field(default_factory=dict)
+    # The rule each shared-memory key is written by (others: last writer).
+    memory: Mapping[str, MemoryRule] = field(default_factory=dict)
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -184,6 +189,7 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
             handoffs=spec.handoffs,
             max_handoff_depth=spec.max_handoff_depth,
             approvals={s.id: s.approval for s in spec.steps if s.approval is not None},
+            memory=spec.memory,
         )
         with _cache_lock:
             _teams[(store.url, digest)] = team
@@ -207,14 +213,17 @@ class Delegation:
         breakers: CachedBreakers,
         limits: Limits,
         budgets: BudgetRecords,
+        *,
+        approvals: ApprovalRecords,
+        memory: MemoryRecords,
         prices: Mapping[str, ModelPrice] | None = None,
-        approvals: ApprovalRecords | None = None,
     ) -> None:
         self.store = store
         self.approvals = approvals
         self.breakers = breakers
         self.limits = limits
         self.budgets = budgets
+        self.memory = memory
         # The deployment's prices (settings), under each team's own.
         self.prices = prices or {}
 
@@ -632,6 +641,16 @@ class Delegation:
             state.team.budget,
             self.budgets,
         )
+        collaboration = AttemptCollaboration(
+            self.memory,
+            delivery.execution_id,
+            delivery.step_id,
+            attempt,
+            name,
+            rules=state.team.memory,
+            agents=state.team.agents.keys(),
+            asker=Asks(self, state, name).ask,
+        )
         agent_call = AgentCall(
             execution_id=delivery.execution_id,
             step_id=delivery.step_id,
@@ -644,7 +663,8 @@ class Delegation:
             index=state.row.item_index,
             _heartbeat=monitor.beat,
             budget=spending,
-            _team=Asks(self, state, name),
+            shared=collaboration.memory,
+            _team=collaboration.channel,
         )
         limit = agent.timeout
         if call.deadline is not None:
@@ -678,7 +698,7 @@ class Delegation:
             spending.admit()
             adapter = build_adapter(agent)
             result = call_with_time_limit(
-                lambda: adapter.invoke(agent_call),
+                lambda: collaboration.with_updates(adapter.invoke(agent_call)),
                 CallWatch(
                     limit,
                     heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
@@ -724,6 +744,7 @@ class Delegation:
                 error=error,
                 # Requests it settled before failing were spent all the same.
                 usage=usage_record(spending.spent),
+                context_version=collaboration.context_version,
             )
             if failure.transient and attempt < agent.retry.max_attempts:
                 delay = next_delay(agent.retry, attempt, delivery.previous_delay, random.Random())
@@ -764,6 +785,10 @@ class Delegation:
         )
         usage = spending.price(result.usage)
         spending.charge(usage)
+        # The attempt's memory writes and messages, applied before its success (or its
+        # handoff) is recorded. A crash between the two leaves the step to run again,
+        # and the marker its batch left refuses the next attempt's: applied once.
+        self.memory.apply(collaboration.batch())
         if result.handoff is not None:
             ended = replace(begun, duration_ms=int(seconds * 1000), usage=usage_record(usage))
             handed = self._hand_off(
@@ -778,6 +803,7 @@ class Delegation:
                 duration_ms=int(seconds * 1000),
                 usage=usage_record(usage),
                 tool_calls=[asdict(call) for call in result.tool_calls] or None,
+                context_version=collaboration.context_version,
             ),
             result.output,
             state.countdown,

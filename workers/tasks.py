@@ -37,6 +37,7 @@ from orchestration.store.budgets import BudgetRecords
 from orchestration.store.database import dispose_engines
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
+from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import Store, is_transient
 from workers.app import app, app_settings
 from workers.approval_timer import run_timer
@@ -81,6 +82,7 @@ class TaskContext:
             BudgetRecords(state),
             prices=settings.prices,
             approvals=ApprovalRecords(state),
+            memory=MemoryRecords(state),
         )
         return cls(settings, state, records, runner)
 

@@ -96,7 +96,8 @@ class AgentCall:
 
     @property
     def inbox(self) -> tuple[Message, ...]:
-        """Messages sent to this agent, or to everyone, before this attempt began."""
+        """Messages sent to this agent, and broadcasts from other agents, delivered by the
+        time this attempt first looks."""
         return self._team.inbox()
 
     def send(
@@ -106,7 +107,8 @@ class AgentCall:
         self._team.send(to, content, type=type, reply_to=reply_to)
 
     def broadcast(self, content: Any, *, type: str = "message") -> None:
-        """Send ``content`` to every agent of the team; delivered if this attempt succeeds."""
+        """Send ``content`` to every other agent of the team; delivered if this attempt
+        succeeds."""
         self._team.broadcast(content, type=type)
 
     def ask(self, agent: str, question: Any, timeout: float | None = None) -> Any:

@@ -30,6 +30,7 @@ from orchestration.agents.call import Usage as CallUsage
 from orchestration.agents.openai_client import client_for, translate
 from orchestration.agents.prompts import render_prompt
 from orchestration.agents.secrets import read_secret, redact
+from orchestration.agents.team_tools import with_team_tools
 from orchestration.agents.tools import Tool, call_tool, load_tools
 from orchestration.errors import AgentProtocolError, PermanentAgentError
 from orchestration.spec import OpenAIAgentSpec
@@ -52,6 +53,8 @@ class OpenAIChatAgent:
     def invoke(self, call: AgentCall) -> AgentResult:
         spec = self.spec
         tools = load_tools(spec.tools)
+        if spec.team_tools:
+            tools = with_team_tools(tools, call)
         if spec.output_schema is not None:
             # A schema that is not one fails the attempt before anything is spent.
             _validator(_schema_key(spec.output_schema))

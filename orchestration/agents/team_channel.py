@@ -19,10 +19,10 @@ from orchestration.errors import PermanentAgentError
 class SharedMemory(Protocol):
     """The execution's shared memory, as one attempt sees it.
 
-    Reads see what was committed when the attempt began, plus the attempt's own writes.
-    Writes are kept with the attempt and applied, each by its key's rule (last writer,
-    append, merge, sum), when the attempt succeeds, exactly once: a failed attempt's
-    writes never apply, and a retry's do not apply twice.
+    Reads see what was committed when the attempt first reads (the memory is read then,
+    once), plus the attempt's own writes. Writes are kept with the attempt and applied,
+    each by its key's rule (last writer, append, merge, sum), when the attempt succeeds,
+    exactly once: a failed attempt's writes never apply, and a retry's do not apply twice.
     """
 
     def get(self, key: str, default: Any = None) -> Any: ...
@@ -56,7 +56,8 @@ class TeamChannel(Protocol):
     """Messages and asks."""
 
     def inbox(self) -> tuple[Message, ...]:
-        """Messages addressed to this agent (or to everyone) before the attempt began."""
+        """Messages addressed to this agent, and broadcasts from other agents, delivered
+        by the time the attempt first looks (the inbox is read then, once)."""
         ...
 
     def send(

@@ -58,7 +58,12 @@ class Tool:
 def load_tool(target: str) -> Tool:
     """The tool ``package.module:function``; AgentLoadError if it cannot be one."""
     function = load_target(target)
-    name = target.rpartition(":")[2].rpartition(".")[2]
+    return tool_of(function, target.rpartition(":")[2].rpartition(".")[2], target)
+
+
+def tool_of(function: Callable[..., Any], name: str, target: str, *, given: int = 0) -> Tool:
+    """``function`` as the tool ``name``. Its first ``given`` parameters are not the
+    model's to give: the caller binds them (see ``team_tools``)."""
     if len(name) > _MAX_NAME or not set(name) <= _NAME_CHARS:
         raise AgentLoadError(f"tool {target!r}: {name!r} is not a valid function name")
     try:
@@ -70,7 +75,7 @@ def load_tool(target: str) -> Tool:
         raise AgentLoadError(f"tool {target!r}: cannot read its signature: {exc}") from None
     fields: dict[str, Any] = {}
     positional: list[str] = []
-    for index, parameter in enumerate(signature.parameters.values()):
+    for index, parameter in enumerate(list(signature.parameters.values())[given:]):
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             raise AgentLoadError(
                 f"tool {target!r}: *{parameter.name} has no schema; name every parameter"

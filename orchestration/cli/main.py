@@ -14,6 +14,7 @@ from orchestration.cli.invocation import Invocation
 from orchestration.errors import (
     ExecutionNotFound,
     NoWorkerError,
+    StepNotFound,
     TeamFileError,
     TroupeError,
     WaitTimeout,
@@ -33,7 +34,12 @@ def cli(context: click.Context) -> None:
 
 
 def _register() -> None:
-    from orchestration.cli import agent_commands, execution_commands, process_commands
+    from orchestration.cli import (
+        agent_commands,
+        context_commands,
+        execution_commands,
+        process_commands,
+    )
 
     for command in (
         execution_commands.run_team,
@@ -41,6 +47,8 @@ def _register() -> None:
         execution_commands.validate,
         execution_commands.stop,
         execution_commands.approve,
+        context_commands.context,
+        context_commands.messages,
         agent_commands.breakers,
         agent_commands.agents,
         process_commands.worker,
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         fail(exc.format_message(), exit_codes.USAGE, invocation)
     except TeamFileError as exc:
         fail(f"invalid team file: {exc}", exit_codes.USAGE, invocation)
-    except ExecutionNotFound as exc:
+    except (ExecutionNotFound, StepNotFound) as exc:
         fail(str(exc), exit_codes.USAGE, invocation)
     except WaitTimeout as exc:
         fail(str(exc), exit_codes.TIMEOUT, invocation)

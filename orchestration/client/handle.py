@@ -1,5 +1,5 @@
-"""A handle on one execution: its status, waiting for it, deciding its approvals,
-cancelling it."""
+"""A handle on one execution: its status, its context and messages, waiting for it,
+deciding its approvals, cancelling it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from orchestration.client.context import (
+    ContextReport,
+    MemoryWriteReport,
+    MessageReport,
+    memory_history,
+    messages,
+    read_context,
+)
 from orchestration.client.report import (
     ApprovalReport,
     AttemptReport,
@@ -20,6 +28,7 @@ from orchestration.constants import EXECUTION_FINAL
 from orchestration.engine import approvals
 from orchestration.errors import ApprovalRefused, ExecutionError, WaitTimeout
 from orchestration.store.executions import ExecutionRecords
+from orchestration.store.memory import MemoryRecords
 
 ProgressCallback = Callable[[ExecutionReport], None]
 
@@ -45,9 +54,12 @@ class ExecutionHandle:
         poll_interval: float = 0.1,
         revoke: Revoker | None = None,
         sender: StepSender | None = None,
+        *,
+        memory: MemoryRecords,
     ) -> None:
         self.execution_id = execution_id
         self._store = store
+        self._memory = memory
         self._poll_interval = poll_interval
         self._revoke = revoke
         self._sender = sender
@@ -70,6 +82,22 @@ class ExecutionHandle:
         """The audit trail: every attempt of every step, in the order they began, with
         its outcome, usage and tool calls."""
         return attempt_reports(self._store.attempts(self.execution_id))
+
+    def context(self, at: str | None = None) -> ContextReport:
+        """The input, the outputs of finished steps and the shared memory, now; or, with
+        ``at`` (a step id), as that step's last attempt saw them: the memory at the
+        version it read and the outputs it could see. StepNotFound for an unknown step."""
+        return read_context(self._store, self._memory, self.execution_id, at)
+
+    def memory_history(self, key: str) -> list[MemoryWriteReport]:
+        """Every write of a shared-memory key: version, writer, time, rule, the value
+        after it and the one it replaced."""
+        return memory_history(self._memory, self.execution_id, key)
+
+    def messages(self) -> list[MessageReport]:
+        """Every message the execution's agents sent (delivered: their attempts
+        succeeded), oldest first."""
+        return messages(self._memory, self.execution_id)
 
     def status(self) -> str:
         return self._store.execution_status(self.execution_id)

@@ -49,6 +49,8 @@ class AttemptReport(BaseModel):
     error: str | None
     usage: dict[str, Any] | None
     tool_calls: list[dict[str, Any]] | None
+    # The shared memory's version the attempt read (None: it read no memory or inbox).
+    context_version: int | None = None
 
 
 def attempt_reports(rows: list[AttemptRow]) -> list[AttemptReport]:
@@ -64,6 +66,7 @@ def attempt_reports(rows: list[AttemptRow]) -> list[AttemptReport]:
             error=f"{row.error_type}: {row.error_message}" if row.error_type else None,
             usage=row.usage or None,
             tool_calls=row.tool_calls or None,
+            context_version=row.context_version,
         )
         for row in rows
     ]

@@ -19,6 +19,7 @@ from orchestration.errors import NoWorkerError
 from orchestration.settings import Settings
 from orchestration.store.database import ensure_schema
 from orchestration.store.executions import ExecutionRecords
+from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import Store
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ class Runtime:
     store: Store
     # The client's reads and writes of executions, on ``store``.
     executions: ExecutionRecords
+    # The reads of executions' shared memory and messages, on ``store``.
+    memory: MemoryRecords
     app: Celery
     worker: EmbeddedWorker | None = None
 
@@ -51,7 +54,13 @@ class Runtime:
         # by its operator (`manage.py db upgrade`).
         ensure_schema(url, auto_upgrade=settings.embedded or url.startswith("sqlite"))
         store = Store(url, connections=settings.db_connections)
-        return cls(settings=settings, store=store, executions=ExecutionRecords(store), app=app)
+        return cls(
+            settings=settings,
+            store=store,
+            executions=ExecutionRecords(store),
+            memory=MemoryRecords(store),
+            app=app,
+        )
 
     def ensure_worker(self) -> None:
         """Embedded: start the in-process worker. Distributed: check that one answers."""
@@ -94,6 +103,7 @@ class Runtime:
             self.settings.poll_interval,
             revoke=self.revoke,
             sender=self,
+            memory=self.memory,
         )
 
     def cannot_send_steps(self) -> str | None:

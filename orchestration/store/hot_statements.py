@@ -101,14 +101,15 @@ _EXECUTION_FINAL_SQL = _sql_list(frozenset({COMPLETED, "failed", CANCELLED}))
 END_ATTEMPT_SQL: Final = """
 INSERT INTO troupe_attempts (execution_id, step_id, attempt, agent, task_id, worker,
     started_at, finished_at, duration_ms, outcome, error_type, error_message, usage,
-    tool_calls)
+    tool_calls, context_version)
 VALUES (:eid, :sid, :att, :agent, :task_id, :worker,
-    :started, :ts, :ms, :outcome, :error_type, :error_message, :usage, :tool_calls)
+    :started, :ts, :ms, :outcome, :error_type, :error_message, :usage, :tool_calls,
+    :context_version)
 ON CONFLICT (execution_id, step_id, attempt) DO UPDATE SET
     finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
     outcome = excluded.outcome, error_type = excluded.error_type,
     error_message = excluded.error_message, usage = excluded.usage,
-    tool_calls = excluded.tool_calls
+    tool_calls = excluded.tool_calls, context_version = excluded.context_version
 WHERE troupe_attempts.outcome IS NULL OR troupe_attempts.outcome = 'lost'"""
 
 MARK_EXECUTION_RUNNING_SQL: Final = f"""

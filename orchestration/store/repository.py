@@ -173,6 +173,8 @@ class AttemptEnd:
     # As JSON: what the attempt consumed, and the tools it called (None: nothing).
     usage: dict[str, Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    # The execution's memory version the attempt read (None: it read no memory or inbox).
+    context_version: int | None = None
 
     def params(self, finished_at: datetime) -> dict[str, Any]:
         return {
@@ -190,6 +192,7 @@ class AttemptEnd:
             "error_message": self.error.message if self.error else None,
             "usage": self.usage,
             "tool_calls": self.tool_calls,
+            "context_version": self.context_version,
         }
 
 

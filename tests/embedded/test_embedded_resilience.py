@@ -306,7 +306,9 @@ def test_step_deadline_stops_retries_that_would_pass_it(runtime: Any, tmp_path: 
     assert step.error is not None and "deadline" in step.error, step
     # Attempts at about 0, 0.3, 0.6 and 0.9 s; the next would start after the deadline.
     assert 2 <= step.attempts <= 5, step
-    assert call_count(tmp_path, name) == step.attempts
+    # Every attempt called the agent, except a retry that came due only after the
+    # deadline had passed (a slow machine): it is recorded, refused, with no call.
+    assert call_count(tmp_path, name) in (step.attempts, step.attempts - 1)
     assert elapsed < 3.0, elapsed
 
 
