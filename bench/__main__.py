@@ -31,12 +31,13 @@ NAMES = (
     "dag",
     "io_fanout",
     "map",
+    "llm",
 )
 
 
 def _benchmarks() -> dict[str, Callable[[Context], None]]:
     # Imported after the environment is exported: they import Troupe.
-    from bench import embedded, scenarios, workloads
+    from bench import embedded, llm, scenarios, workloads
 
     return {
         "throughput": scenarios.throughput,
@@ -49,6 +50,7 @@ def _benchmarks() -> dict[str, Callable[[Context], None]]:
         "dag": workloads.crossed_dag,
         "io_fanout": workloads.io_fanout,
         "map": workloads.map_step,
+        "llm": llm.llm,
     }
 
 

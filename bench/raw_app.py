@@ -10,6 +10,7 @@ timeout and restore interval). Started as
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -60,6 +61,44 @@ def join(results: list[Any]) -> int:
 def pause(seconds: float) -> None:
     """Blocks ``seconds`` in time.sleep: the raw side of an I/O-bound agent call."""
     time.sleep(seconds)
+
+
+_chat_clients: dict[str, Any] = {}
+_chat_lock = threading.Lock()
+
+
+def _chat_client(base_url: str) -> Any:
+    """One ``openai`` client per endpoint over one connection pool per process, with the
+    same limits as Troupe's (orchestration/agents/openai_client.py): connections kept
+    for a thousand calls in flight, no retries by the SDK."""
+    with _chat_lock:
+        client = _chat_clients.get(base_url)
+        if client is None:
+            import httpx2
+            import openai
+
+            http = openai.DefaultHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=None, max_keepalive_connections=1024, keepalive_expiry=30.0
+                )
+            )
+            client = openai.OpenAI(
+                api_key="none", base_url=base_url, max_retries=0, http_client=http
+            )
+            _chat_clients[base_url] = client
+        return client
+
+
+@app.task(name="bench.raw.chat")
+def chat(base_url: str, model: str, prompt: str, timeout: float) -> str | None:
+    """One chat-completions request with the official client: the raw side of an
+    ``openai`` agent call (the same request Troupe's agent sends, without its budget,
+    audit trail and breaker)."""
+    completion = _chat_client(base_url).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], timeout=timeout
+    )
+    content: str | None = completion.choices[0].message.content
+    return content
 
 
 @app.task(name="bench.raw.sleepy", bind=True)

@@ -33,6 +33,12 @@ class Sizes:
     io_wait: int
     # 10. Map: items of the list a map step goes over (raw Celery: a chord this wide).
     map_items: int
+    # 11. LLM calls: this many openai agent calls that a local chat-completions server
+    # answers after `llm_wait_ms`, and a join, on `llm_workers` worker processes with
+    # threads pools of llm_calls / llm_workers (raw Celery: as many, a chord of requests).
+    llm_calls: int
+    llm_wait_ms: int
+    llm_workers: int
     # Warm-up: steps (or tasks) run on each side before measuring.
     warmup: int
 
@@ -52,6 +58,11 @@ FULL = Sizes(
     io_width=1000,
     io_wait=2,
     map_items=1000,
+    llm_calls=1000,
+    llm_wait_ms=1000,
+    # One worker process per core of the 2-core host (a threads pool runs Python on one
+    # core at a time): measured 5-6 s with two, 8-10 s with one.
+    llm_workers=2,
     warmup=40,
 )
 
@@ -70,5 +81,8 @@ QUICK = Sizes(
     io_width=200,
     io_wait=1,
     map_items=100,
+    llm_calls=20,
+    llm_wait_ms=200,
+    llm_workers=2,
     warmup=10,
 )

@@ -94,6 +94,51 @@ def io_fanout_team(width: int, timeout: float, *, asynchronous: bool = False) ->
     return team_yaml(name, "dag", steps, agents)
 
 
+LLM_MODEL = "bench-model"
+LLM_PROMPT = "Answer in one word: {{ input.question }}"
+LLM_QUESTION = "ready?"
+
+
+def llm_prompt(question: str) -> str:
+    """What ``llm_team``'s agents send as the user message for this question (the raw
+    side sends the same)."""
+    return LLM_PROMPT.replace("{{ input.question }}", question)
+
+
+def model_agent(base_url: str, timeout: float) -> dict[str, Any]:
+    """An ``openai`` agent calling the chat-completions server at ``base_url`` (no key,
+    one attempt, no budget) with ``LLM_PROMPT``."""
+    return {
+        "kind": "openai",
+        "base_url": base_url,
+        "model": LLM_MODEL,
+        "api_key_env": None,
+        "prompt": LLM_PROMPT,
+        "timeout": timeout,
+        "retry": {"max_attempts": 1},
+    }
+
+
+def llm_team(width: int, base_url: str, timeout: float) -> str:
+    """``width`` steps of ``model_agent`` and a join step after all of them."""
+    agents: dict[str, dict[str, Any]] = {
+        "model": model_agent(base_url, timeout),
+        "join": {"target": NOOP},
+    }
+    digits = len(str(width - 1))
+    ids = [f"m{i:0{digits}d}" for i in range(width)]
+    steps: list[dict[str, Any]] = [{"id": step, "agent": "model"} for step in ids]
+    steps.append({"id": "join", "agent": "join", "after": ids})
+    return team_yaml("bench-llm", "dag", steps, agents)
+
+
+def model_team(name: str, strategy: str, size: int, base_url: str, timeout: float) -> str:
+    """``size`` steps of ``model_agent``, ``parallel`` or ``sequential``."""
+    width = len(str(size - 1))
+    steps = [{"id": f"s{i:0{width}d}", "agent": "model"} for i in range(size)]
+    return team_yaml(name, strategy, steps, {"model": model_agent(base_url, timeout)})
+
+
 def map_team() -> str:
     """A step that returns ``{"items": [0 .. input["items"] - 1]}`` and a map step that
     runs the no-op agent once per item."""
