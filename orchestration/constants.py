@@ -35,6 +35,7 @@ SKIPPED: Final = StepStatus.SKIPPED
 
 SKIP_CONDITION: Final = SkipCause.CONDITION
 SKIP_UPSTREAM: Final = SkipCause.UPSTREAM
+SKIP_JOIN: Final = SkipCause.JOIN
 
 OUTCOME_SUCCESS: Final = AttemptOutcome.SUCCESS
 OUTCOME_ERROR: Final = AttemptOutcome.ERROR
@@ -62,6 +63,7 @@ __all__ = [
     "RUNNING",
     "SKIPPED",
     "SKIP_CONDITION",
+    "SKIP_JOIN",
     "SKIP_UPSTREAM",
     "START_TASK",
     "STEP_FINAL",
