@@ -34,7 +34,7 @@ from orchestration.store.budgets import BudgetRecords
 from orchestration.store.database import dispose_engines
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
-from orchestration.store.repository import Store, is_transient
+from orchestration.store.repository import Store, is_transient, now
 from workers.app import app
 from workers.delegation import Delegation, Delivery, Limits, RetryLater, map_step_of, team_of
 from workers.health import run_heartbeat
@@ -84,7 +84,18 @@ def delegation() -> Delegation:
         limits,
         BudgetRecords(store()),
         prices=settings.prices,
+        wake_later=_wake_later,
     )
+
+
+def _wake_later(execution_id: str, step_id: str, countdown: float) -> None:
+    """A join's deadline timer: its message, held by the broker until the deadline (a
+    countdown holds no worker slot)."""
+    plan = team_of(records(), execution_id).plan
+    message = delegation_message(
+        execution_id, step_id, _agent_of(plan, step_id), get_settings().queue
+    )
+    _send_later(message, countdown)
 
 
 @after_setup_logger.connect
@@ -117,7 +128,7 @@ def start(execution_id: str, resume: bool = False) -> str:
         publish(app, first_messages(plan, execution_id, queue))
         return execution_id
     rows = state.steps(execution_id)
-    found = resumption(plan, rows)
+    found = resumption(plan, rows, now())
     if found.finish:
         finish_execution(execution_id)
         return execution_id

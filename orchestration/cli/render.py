@@ -11,6 +11,7 @@ from rich.text import Text
 
 from orchestration.client.report import AttemptReport, ExecutionReport
 from orchestration.spec import TeamSpec
+from workflows.aggregation import JoinRule
 from workflows.plan import ExecutionPlan
 
 _STYLE = {
@@ -169,7 +170,15 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
         f"{len(plan.levels)} step{'s' if len(plan.levels) != 1 else ''} long"
     )
     table = Table(show_lines=False)
-    for column in ("depth", "step", "agent", "after", "when / for each", "time limit", "retry"):
+    for column in (
+        "depth",
+        "step",
+        "agent",
+        "after",
+        "when / for each / join",
+        "time limit",
+        "retry",
+    ):
         table.add_column(column)
     for step in sorted(plan.steps, key=lambda s: (s.level, s.position)):
         agent = spec.agents.get(step.agent)
@@ -191,6 +200,7 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
                 for part in (
                     step.when or "",
                     f"for each {step.map.for_each}" if step.map is not None else "",
+                    join_text(step.join) if step.join is not None else "",
                 )
                 if part
             ),
@@ -199,6 +209,24 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
     console.print(table)
     outputs = ", ".join(plan.outputs_from)
     console.print(f"output from: {outputs}")
+
+
+def join_text(join: JoinRule) -> str:
+    """A join's rule in a few words: "join majority of 'verdict', quorum 2, deadline 5s"."""
+    parts = [f"join {join.aggregate}"]
+    if join.field is not None:
+        parts[0] += f" of {join.field!r}"
+    if join.priority:
+        parts[0] += f" ({' > '.join(join.priority)})"
+    if join.reducer is not None:
+        parts[0] += f" by {join.reducer!r}"
+    if join.quorum is not None:
+        parts.append(f"quorum {join.quorum}")
+    if join.deadline is not None:
+        parts.append(f"deadline {join.deadline:g}s")
+    if join.tolerate_failures:
+        parts.append("tolerates failures")
+    return ", ".join(parts)
 
 
 def json_line(value: Any) -> str:

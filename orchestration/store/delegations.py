@@ -233,9 +233,11 @@ class DelegationRecords:
         reason: str | None = None,
         output: Any = None,
         attempts: int = 0,
+        error_type: str = "MapItemFailed",
     ) -> Decided | None:
-        """A step decided without calling an agent: skipped, cancelled, or a map step
-        joining its items (completed with their outputs, or failed)."""
+        """A step decided without calling an agent: skipped, cancelled, a map step
+        joining its items or a join aggregating its parents (completed with their
+        outputs, or failed with ``error_type`` and ``reason``)."""
         stamp = now()
         params: dict[str, Any] = {
             "eid": execution_id,
@@ -249,7 +251,7 @@ class DelegationRecords:
             params["out"] = output
             return self._store.decide((hot.COMPLETE_STEP_SQL,), params, countdown, 0)
         if status == FAILED:
-            params.update(error_type="MapItemFailed", error_message=reason)
+            params.update(error_type=error_type, error_message=reason)
             return self._store.decide((hot.FAIL_STEP_SQL,), params, countdown, 0)
         assert status in (SKIPPED, CANCELLED)
         params.update(status=status, cause=cause, reason=reason)
@@ -343,6 +345,23 @@ class DelegationRecords:
                     )
                 )
             )
+
+    @_retrying
+    def arm_join_deadline(self, execution_id: str, step_id: str, at: datetime) -> bool:
+        """Record when a pending join's deadline passes, once: True for the caller that
+        armed it (and sends its timer), False if it was armed already or is decided."""
+        with self._store.engine.begin() as connection:
+            armed = connection.execute(
+                plain_update(StepRow)
+                .where(
+                    StepRow.execution_id == execution_id,
+                    StepRow.step_id == step_id,
+                    StepRow.status == PENDING,
+                    StepRow.next_attempt_at.is_(None),
+                )
+                .values(next_attempt_at=at)
+            )
+            return bool(armed.rowcount)
 
     @_retrying
     def record_waiting(self, execution_id: str, step_id: str, until: datetime, reason: str) -> None:
