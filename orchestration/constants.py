@@ -37,6 +37,7 @@ WAITING_APPROVAL: Final = StepStatus.WAITING_APPROVAL
 
 SKIP_CONDITION: Final = SkipCause.CONDITION
 SKIP_UPSTREAM: Final = SkipCause.UPSTREAM
+SKIP_JOIN: Final = SkipCause.JOIN
 
 OUTCOME_SUCCESS: Final = AttemptOutcome.SUCCESS
 OUTCOME_ERROR: Final = AttemptOutcome.ERROR
@@ -65,6 +66,7 @@ __all__ = [
     "RUNNING",
     "SKIPPED",
     "SKIP_CONDITION",
+    "SKIP_JOIN",
     "SKIP_UPSTREAM",
     "START_TASK",
     "STEP_FINAL",

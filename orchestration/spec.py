@@ -346,15 +346,18 @@ class JoinSpec(_Model):
     # majority: vote over this field of each output (else over whole outputs); conflicts
     # are reported where parents give different values of it.
     field: Annotated[str, Field(max_length=200)] | None = None
-    # priority: the first of these agents that succeeded wins.
+    # priority: the first of these agents that succeeded wins (parents of agents not
+    # listed rank after them).
     priority: Annotated[tuple[AgentName, ...], Field(max_length=MAX_AGENTS)] = ()
     # reducer: this agent receives every parent's result and gives the output.
     reducer: AgentName | None = None
     # A failed parent is part of the aggregate instead of skipping the join.
     tolerate_failures: bool = False
-    # Run once this many parents are decided; the others are cancelled.
+    # Run once this many parents completed (with tolerate_failures: gave any result); the
+    # others are cancelled. Fails at once when too many failed for it to be met.
     quorum: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
-    # Run this many seconds after the first parent started, with the results so far.
+    # Run this many seconds after the first parent started its agent, with the results
+    # so far; the others are cancelled.
     deadline: Seconds | None = None
 
     @model_validator(mode="after")
@@ -380,8 +383,8 @@ class ApprovalSpec(_Model):
 
 class StepSpec(_Model):
     id: StepId
-    # None only for a step that needs no agent: a join that aggregates without a
-    # reducer, or an approval gate.
+    # None only for a step that needs no agent of its own: a join (a reducer join's
+    # agent is its reducer), or an approval gate.
     agent: AgentName | None = None
     task: Text | None = None
     after: Annotated[
@@ -408,11 +411,12 @@ class StepSpec(_Model):
         if self.for_each is None and (self.max_parallel is not None or self.allow_failures):
             field = "max_parallel" if self.max_parallel is not None else "allow_failures"
             raise SpecProblem(field, "only a map step (one with for_each) takes it")
-        agentless = self.approval is not None or (
-            self.join is not None and self.join.aggregate is not Aggregate.REDUCER
-        )
+        agentless = self.approval is not None or self.join is not None
         if self.agent is None and not agentless:
             raise SpecProblem("agent", "required field is missing")
+        reducer = self.join.reducer if self.join is not None else None
+        if self.agent is not None and reducer is not None and self.agent != reducer:
+            raise SpecProblem("agent", f"a reducer join's agent is its reducer, {reducer!r}")
         if self.for_each is not None and self.join is not None:
             raise SpecProblem("join", "a map step joins its items itself")
         return self
@@ -422,6 +426,8 @@ class StepSpec(_Model):
         """The agent, or what stands for it in records of a step that calls none."""
         if self.agent is not None:
             return self.agent
+        if self.join is not None and self.join.reducer is not None:
+            return self.join.reducer
         return APPROVAL_PSEUDO_AGENT if self.approval is not None else JOIN_PSEUDO_AGENT
 
 
@@ -530,7 +536,34 @@ class TeamSpec(_Model):
         cycle = find_cycle([s.id for s in steps], deps)
         if cycle:
             raise SpecProblem("workflow.steps", "dependency cycle: " + _cycle_text(cycle))
+        self._check_joins(deps)
         return self
+
+    def _check_joins(self, deps: dict[str, tuple[str, ...]]) -> None:
+        agents_of = {s.id: s.agent_name for s in self.workflow.steps}
+        for i, step in enumerate(self.workflow.steps):
+            join = step.join
+            if join is None:
+                continue
+            where = f"workflow.steps[{i}].join"
+            parents = deps[step.id]
+            if not parents:
+                raise SpecProblem(where, "a join needs the steps it joins (after)")
+            if join.quorum is not None and join.quorum > len(parents):
+                raise SpecProblem(
+                    f"{where}.quorum",
+                    f"{join.quorum} exceeds the {len(parents)} steps it joins",
+                )
+            if join.reducer is not None and join.reducer not in self.agents:
+                raise SpecProblem(f"{where}.reducer", f"unknown agent {join.reducer!r}")
+            running = {agents_of[p] for p in parents}
+            for name in join.priority:
+                if name not in running:
+                    raise SpecProblem(
+                        f"{where}.priority",
+                        f"agent {name!r} runs none of the steps it joins "
+                        f"({', '.join(sorted(running))})",
+                    )
 
     def _check_fallbacks(self) -> None:
         for name, agent in self.agents.items():

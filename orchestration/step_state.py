@@ -18,6 +18,7 @@ class StepResult(Protocol):
     output: Any
     error_type: str | None
     error_message: str | None
+    skip_cause: str | None
 
 
 class StepState(StepResult, Protocol):
@@ -27,8 +28,8 @@ class StepState(StepResult, Protocol):
     step_id: str
     agent: str
     attempts: int
-    skip_cause: str | None
     started_at: datetime | None
+    finished_at: datetime | None
     duration_ms: int | None
     waiting: int
     parent_id: str | None
@@ -37,9 +38,12 @@ class StepState(StepResult, Protocol):
     origin: Any
     dependents: Any
     fan_out: int | None
+    # A join with a deadline: when it passes, once its first parent started (else a
+    # retry's due time).
+    next_attempt_at: datetime | None
 
 
 def record_of(row: StepResult) -> StepRecord:
     """What the outcome of an execution needs to know of one step."""
     error = f"{row.error_type}: {row.error_message}" if row.error_type else row.reason
-    return StepRecord(status=row.status, output=row.output, error=error)
+    return StepRecord(status=row.status, output=row.output, error=error, cause=row.skip_cause)

@@ -25,7 +25,14 @@ from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
 from orchestration.agents.team_channel import Handoff
 from orchestration.collaboration.attempt import AttemptCollaboration
-from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_REJECTED
+from orchestration.constants import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    OUTCOME_ERROR,
+    OUTCOME_REJECTED,
+    SKIP_JOIN,
+)
 from orchestration.engine import approvals
 from orchestration.engine import decisions as d
 from orchestration.errors import CircuitOpen, HandoffRefused, InternalError
@@ -60,6 +67,7 @@ from orchestration.store.repository import (
     now,
 )
 from workers.asks import Asks
+from workflows.aggregation import ALL, JoinRun, Parent, readiness, reduced, reducer_input
 from workflows.handoffs import detect, handoff_item, handoff_prompt, refusal
 from workflows.outcome import StepRecord, decide_outcome
 from workflows.plan import ExecutionPlan, PlannedStep, build_plan
@@ -206,28 +214,39 @@ _teams: OrderedDict[tuple[str, str], TeamContext] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+@dataclass(frozen=True)
+class Ledgers:
+    """What a delegation records beside its step: the execution's budget, its
+    approvals, and its shared memory and messages."""
+
+    budgets: BudgetRecords
+    approvals: ApprovalRecords
+    memory: MemoryRecords
+
+
 class Delegation:
     def __init__(
         self,
         store: DelegationRecords,
         breakers: CachedBreakers,
         limits: Limits,
-        budgets: BudgetRecords,
+        ledgers: Ledgers,
         *,
-        approvals: ApprovalRecords,
-        memory: MemoryRecords,
         prices: Mapping[str, ModelPrice] | None = None,
+        wake_later: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.store = store
-        self.approvals = approvals
         self.breakers = breakers
         self.limits = limits
-        self.budgets = budgets
-        self.memory = memory
+        self.budgets = ledgers.budgets
+        self.approvals = ledgers.approvals
+        self.memory = ledgers.memory
         # The deployment's prices (settings), under each team's own.
         self.prices = prices or {}
+        # Sends (execution, step) again after so many seconds: a join's deadline timer.
+        self.wake_later = wake_later
 
-    def run(self, delivery: Delivery) -> Outcome:
+    def run(self, delivery: Delivery, *, looked_again: bool = False) -> Outcome:
         store = self.store
         team = team_of(store, delivery.execution_id)
         plan = team.plan
@@ -238,8 +257,8 @@ class Delegation:
             delivery.execution_id, delivery.step_id, reads
         )
         row = rows[delivery.step_id]
-        # An approval gate calls no agent: it has one attempt, the one refused if it
-        # is rejected.
+        # A step that calls no agent (an approval gate, a join without a reducer) has
+        # one attempt: the one refused if it is rejected, or the one it is decided at.
         agent = team.agents.get(step.agent)
         max_attempts = agent.retry.max_attempts if agent is not None else 1
         recorded = None
@@ -276,7 +295,7 @@ class Delegation:
             gate=gate,
             approval=approval,
         )
-        state = _State(team, step, row, rows, view, delivery, execution_status)
+        state = _State(team, step, row, rows, view, delivery, execution_status, looked_again)
         return self._carry_out(d.decide(view), state)
 
     def internal_error(self, delivery: Delivery, error: Exception) -> Outcome:
@@ -316,7 +335,9 @@ class Delegation:
         decided = store.record_failure(end, countdown)
         if decided is None:
             return Outcome()
-        return Outcome(send=tuple((sid, 1) for sid in decided.ready), ended=decided.ended)
+        return Outcome(
+            send=tuple((sid, 1) for sid in _made_ready(team.plan, decided)), ended=decided.ended
+        )
 
     def _carry_out(self, decision: d.Decision | approvals.GateDecision, state: _State) -> Outcome:
         store = self.store
@@ -352,6 +373,23 @@ class Delegation:
                 type(decision.error).__name__, str(decision.error), OUTCOME_REJECTED
             )
             return self._refuse(state, state.step.agent, decision.attempt, error)
+        if isinstance(decision, d.WaitForParents):
+            if decision.seconds is None:
+                return Outcome()  # a later parent, or the deadline's timer, sends it again
+            return Outcome(retry=self._later(decision.seconds, delivery.attempt, delivery))
+        if isinstance(decision, d.CancelParents):
+            return self._cancel_parents(decision, state)
+        if isinstance(decision, d.Joined):
+            decided = store.decide_without_call(
+                delivery.execution_id,
+                delivery.step_id,
+                decision.status,
+                state.countdown,
+                output=decision.output,
+                reason=decision.error,
+                error_type=decision.error_type or "JoinFailed",
+            )
+            return state.continuation(decided)
         return self._admit_and_call(decision, state)
 
     # --- without a call ---------------------------------------------------------------
@@ -542,6 +580,51 @@ class Delegation:
         )
         return state.continuation(decided, finalized=state.finishes)
 
+    def _cancel_parents(self, decision: d.CancelParents, state: _State) -> Outcome:
+        """Cancel the parents a join no longer waits for, counting down what waits for
+        each (the join among them), then decide the join from what is now recorded: a
+        parent decided meanwhile keeps its result, and every parent is final."""
+        plan = state.team.plan
+        delivery = state.delivery
+        send: list[tuple[str, int]] = []
+        for parent_id, reason in decision.parents:
+            parent = plan.step(parent_id)
+            decided = self.store.decide_without_call(
+                delivery.execution_id,
+                parent_id,
+                CANCELLED,
+                Countdown(dependents=parent.dependents, sink=parent.sink),
+                cause=SKIP_JOIN,
+                reason=reason,
+            )
+            if decided is not None:
+                send.extend(
+                    (sid, 1) for sid in _made_ready(plan, decided) if sid != delivery.step_id
+                )
+        if state.looked_again:
+            # Every parent was final when this delegation looked again: nothing is left
+            # to cancel (kept as a bound on the loop all the same).
+            return Outcome(send=tuple(send))
+        again = self.run(delivery, looked_again=True)
+        return replace(again, send=(*send, *again.send))
+
+    def _arm_join_deadlines(self, state: _State) -> None:
+        """The first parent of a join with a deadline to start its agent starts the
+        join's clock: record when the deadline passes, and send the join to wake then
+        (without holding a worker; a lost timer is found by the reaper)."""
+        joins = state.team.plan.deadline_joins.get(state.step.id)
+        if not joins:
+            return
+        execution_id = state.delivery.execution_id
+        for join_id in joins:
+            join = state.team.plan.step(join_id).join
+            assert join is not None and join.deadline is not None
+            at = now() + timedelta(seconds=join.deadline)
+            if self.store.arm_join_deadline(execution_id, join_id, at) and self.wake_later:
+                self.wake_later(
+                    execution_id, join_id, min(join.deadline + 0.05, self.limits.max_countdown)
+                )
+
     def _later(self, countdown: float, attempt: int, delivery: Delivery) -> RetryLater:
         return RetryLater(
             min(countdown, self.limits.max_countdown), attempt, delivery.previous_delay
@@ -556,14 +639,11 @@ class Delegation:
         gate = None if is_item else team.approvals.get(delivery.step_id)
         if gate is None:
             return None, None
-        if self.approvals is None:
-            raise InternalError("this worker has no approval records")
         return gate, self.approvals.get(delivery.execution_id, delivery.step_id)
 
     def _gate(self, decision: approvals.GateDecision, state: _State) -> Outcome:
         """Ask for the approval and pause (nothing held: a timer message wakes the step
         at its timeout), apply a due timeout, or complete a gate that was approved."""
-        assert self.approvals is not None
         eid, sid = state.delivery.execution_id, state.delivery.step_id
         if isinstance(decision, approvals.RequestApproval):
             asked = self.approvals.request(eid, sid, decision.prompt, decision.timeout_at)
@@ -588,6 +668,7 @@ class Delegation:
 
     def _admit_and_call(self, call: d.Call, state: _State) -> Outcome:
         delivery = state.delivery
+        self._arm_join_deadlines(state)
         if call.lost is not None:
             self.store.mark_attempt_lost(delivery.execution_id, delivery.step_id, call.lost)
         name = state.step.agent
@@ -656,7 +737,11 @@ class Delegation:
             step_id=delivery.step_id,
             agent=name,
             task=state.task,
-            input=state.step_input(self._visible_rows),
+            input=(
+                state.join_input()
+                if step.join is not None
+                else state.step_input(self._visible_rows)
+            ),
             outputs=UpstreamOutputs(step, lambda: self._visible_rows(state)),
             attempt=attempt,
             item=None if state.added_by_agent else state.row.item,
@@ -796,7 +881,8 @@ class Delegation:
             )
             if handed is not None:
                 return handed
-        done = StepRecord(status=COMPLETED, output=result.output, error=None)
+        output = state.join_output(result.output) if step.join is not None else result.output
+        done = StepRecord(status=COMPLETED, output=output, error=None)
         decided = store.record_success(
             replace(
                 begun,
@@ -805,7 +891,7 @@ class Delegation:
                 tool_calls=[asdict(call) for call in result.tool_calls] or None,
                 context_version=collaboration.context_version,
             ),
-            result.output,
+            output,
             state.countdown,
             step_started_at=state.row.started_at,
             execution_pending=state.execution_pending,
@@ -835,6 +921,8 @@ class _State:
     view: d.View
     delivery: Delivery
     execution_status: str | None
+    # This read follows this delegation's own cancelling of a join's parents.
+    looked_again: bool = False
 
     @property
     def is_item(self) -> bool:
@@ -888,7 +976,7 @@ class _State:
         if decided is None:
             # Decided by another copy of this message; that copy sends what follows.
             return Outcome()
-        send = [(step_id, 1) for step_id in decided.ready]
+        send = [(step_id, 1) for step_id in _made_ready(self.team.plan, decided)]
         if self.is_item and self.row.origin:
             for parent, waiting in decided.counts:
                 if waiting > 0:
@@ -897,6 +985,28 @@ class _State:
                         send.append((released, 1))
                     del parent
         return Outcome(send=tuple(send), ended=decided.ended, finalized=finalized)
+
+    def _join_parents(self) -> tuple[tuple[Parent, ...], str]:
+        """A reducer join's parents (all decided when it calls) and what made it run."""
+        assert self.step.join is not None
+        parents = d.join_parents(self.step, self.rows)
+        passed = d.join_deadline_passed(self.view.row, self.view.now)
+        verdict = readiness(self.step.join, parents, deadline_passed=passed)
+        return parents, verdict.trigger if isinstance(verdict, JoinRun) else ALL
+
+    def join_input(self) -> Any:
+        """A reducer's input: every parent's state and output, their consensus and
+        conflicts, and what made the join run."""
+        assert self.step.join is not None
+        parents, trigger = self._join_parents()
+        return reducer_input(self.step.join, parents, trigger)
+
+    def join_output(self, output: Any) -> Any:
+        """A reducer join's output: the reducer's answer as the result, with the
+        consensus and conflicts it was shown."""
+        assert self.step.join is not None
+        parents, trigger = self._join_parents()
+        return reduced(self.step.join, parents, trigger, output)
 
     def attempt_end(self, agent: str, attempt: int, started_at: datetime) -> AttemptEnd:
         """The audit row of an attempt that starts now; its end fills in the rest."""
@@ -927,6 +1037,19 @@ class _State:
             if rows[sid].status == COMPLETED:
                 return rows[sid].output
         return self.view.input
+
+
+def _made_ready(plan: ExecutionPlan, decided: Decided) -> list[str]:
+    """What one decision sends: each step whose count reached zero, and each early join
+    (quorum, deadline) that its count now lets look at its parents again."""
+    ready = list(decided.ready)
+    for step_id, waiting in decided.counts:
+        if waiting > 0 and step_id in plan.early_joins:
+            step = plan.step(step_id)
+            assert step.join is not None
+            if step.join.wakes(len(step.deps), waiting):
+                ready.append(step_id)
+    return ready
 
 
 def _dependents(plan: ExecutionPlan, row: Any) -> tuple[str, ...]:

@@ -4,7 +4,9 @@ The database is the source of truth and the broker a delivery mechanism that may
 hold messages. Attempts whose lease expired belong to dead workers: they are marked lost,
 and their executions resumed at once (the next attempt of each ready step is sent).
 Executions with nothing running, waiting or recently active for ``stall_timeout`` are
-resumed too: their messages were lost with a broker or a worker.
+resumed too: their messages were lost with a broker or a worker. So are executions with
+a join still pending a lease past its deadline: its timer was lost (a hung parent keeps
+the execution from looking stalled).
 """
 
 from __future__ import annotations
@@ -43,11 +45,18 @@ def reap(
         if store.mark_attempt_lost(attempt.execution_id, attempt.step_id, attempt.attempt):
             report.lost_attempts.append((attempt.execution_id, attempt.step_id, attempt.attempt))
     orphaned = {execution_id for execution_id, _, _ in report.lost_attempts}
+    overdue = store.overdue_joins(due_before=stamp - timedelta(seconds=lease_ttl))
     for execution in store.unfinished_executions():
         if execution.id in orphaned:
             # Its attempt's worker died: nothing else will send the step again. (Another
             # reaper that marked a different attempt lost a moment ago resumes it once.)
             if store.claim_resume(execution.id, stamp - timedelta(seconds=1)):
+                resume(execution.id)
+                report.resumed.append(execution.id)
+            continue
+        if execution.id in overdue:
+            # Resuming sends every join whose deadline has passed; at most once a lease.
+            if store.claim_resume(execution.id, stamp - timedelta(seconds=lease_ttl)):
                 resume(execution.id)
                 report.resumed.append(execution.id)
             continue

@@ -38,10 +38,10 @@ from orchestration.store.database import dispose_engines
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.memory import MemoryRecords
-from orchestration.store.repository import Store, is_transient
+from orchestration.store.repository import Store, is_transient, now
 from workers.app import app, app_settings
 from workers.approval_timer import run_timer
-from workers.delegation import Delegation, Delivery, Limits, RetryLater, team_of
+from workers.delegation import Delegation, Delivery, Ledgers, Limits, RetryLater, team_of
 from workers.health import run_heartbeat
 from workers.publish import (
     TaskMessage,
@@ -79,10 +79,9 @@ class TaskContext:
             records,
             breakers,
             _limits(settings),
-            BudgetRecords(state),
+            Ledgers(BudgetRecords(state), ApprovalRecords(state), MemoryRecords(state)),
             prices=settings.prices,
-            approvals=ApprovalRecords(state),
-            memory=MemoryRecords(state),
+            wake_later=_wake_later,
         )
         return cls(settings, state, records, runner)
 
@@ -138,6 +137,16 @@ def approval_records() -> ApprovalRecords:
     return ApprovalRecords(context().store)
 
 
+def _wake_later(execution_id: str, step_id: str, countdown: float) -> None:
+    """A join's deadline timer: its message, held by the broker until the deadline (a
+    countdown holds no worker slot)."""
+    plan = team_of(records(), execution_id).plan
+    message = delegation_message(
+        execution_id, step_id, _agent_of(plan, step_id), context().settings.queue
+    )
+    _send_later(message, countdown)
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _redact_secrets(logger: logging.Logger, **_: Any) -> None:
@@ -169,7 +178,7 @@ def start(execution_id: str, resume: bool = False) -> str:
         publish(app, first_messages(plan, execution_id, queue))
         return execution_id
     rows = state.steps(execution_id)
-    found = resumption(plan, rows)
+    found = resumption(plan, rows, now())
     if found.finish:
         finish_execution(execution_id)
         return execution_id

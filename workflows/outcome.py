@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflows.plan import ExecutionPlan, Strategy
-from workflows.status import ExecutionStatus, StepStatus
+from workflows.status import ExecutionStatus, SkipCause, StepStatus
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,8 @@ class StepRecord:
     status: str
     output: Any
     error: str | None
+    # Why it was skipped or cancelled (``SkipCause``), if recorded.
+    cause: str | None = None
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,16 @@ class ExecutionOutcome:
 
 
 def decide_outcome(plan: ExecutionPlan, steps: Mapping[str, StepRecord]) -> ExecutionOutcome:
-    failed = [sid for sid in (s.id for s in plan.steps) if steps[sid].status == StepStatus.FAILED]
-    cancelled = any(record.status == StepStatus.CANCELLED for record in steps.values())
+    failed = [
+        sid
+        for sid in (s.id for s in plan.steps)
+        if steps[sid].status == StepStatus.FAILED and not _absorbed(plan, sid, steps)
+    ]
+    # A parent a join stopped waiting for was cancelled by the run itself, not by a stop.
+    cancelled = any(
+        record.status == StepStatus.CANCELLED and record.cause != SkipCause.JOIN
+        for record in steps.values()
+    )
     status: ExecutionStatus
     if failed:
         first = steps[failed[0]]
@@ -37,6 +47,23 @@ def decide_outcome(plan: ExecutionPlan, steps: Mapping[str, StepRecord]) -> Exec
     else:
         status, error = ExecutionStatus.COMPLETED, None
     return ExecutionOutcome(status=status, output=_output(plan, steps), error=error)
+
+
+def _absorbed(plan: ExecutionPlan, step_id: str, steps: Mapping[str, StepRecord]) -> bool:
+    """Whether a failed step's failure is part of a join's result instead of the
+    execution's: every step that depends on it is a join that absorbs failures
+    (``tolerate_failures``, or a quorum) and ran (its own failure fails the execution)."""
+    dependents = plan.step(step_id).dependents
+    if not dependents:
+        return False
+    for sid in dependents:
+        join = plan.step(sid).join
+        record = steps.get(sid)
+        if join is None or not join.absorbs_failures or record is None:
+            return False
+        if record.status not in (StepStatus.COMPLETED, StepStatus.FAILED):
+            return False
+    return True
 
 
 def _output(plan: ExecutionPlan, steps: Mapping[str, StepRecord]) -> Any:

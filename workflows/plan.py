@@ -9,6 +9,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Protocol
 
+from workflows.aggregation import JoinDeclaration, JoinRule
 from workflows.conditions import referenced_steps
 from workflows.graph import ancestors, sinks, topological_levels
 
@@ -44,6 +45,8 @@ class StepDeclaration(Protocol):
     def deadline(self) -> float | None: ...
     @property
     def heartbeat_timeout(self) -> float | None: ...
+    @property
+    def join(self) -> JoinDeclaration | None: ...
 
 
 class TeamDeclaration(Protocol):
@@ -104,6 +107,8 @@ class PlannedStep:
     # Overrides the agent's: the longest silence between the agent's heartbeats.
     heartbeat_timeout: float | None
     map: MapSpec | None
+    # A join of its dependencies (its parents): how it aggregates them, and when it runs.
+    join: JoinRule | None
     # Nothing depends on it: the execution ends when every sink is decided.
     sink: bool
     _graph: _Graph = field(repr=False, compare=False)
@@ -163,6 +168,23 @@ class ExecutionPlan:
     @cached_property
     def sinks(self) -> tuple[str, ...]:
         return tuple(s.id for s in self.steps if s.sink)
+
+    @cached_property
+    def early_joins(self) -> frozenset[str]:
+        """Joins that may run before all their parents are decided (quorum, deadline):
+        deciding one of their parents may have to send them."""
+        return frozenset(s.id for s in self.steps if s.join is not None and s.join.early)
+
+    @cached_property
+    def deadline_joins(self) -> Mapping[str, tuple[str, ...]]:
+        """Each parent of a join with a deadline → those joins: the first of a join's
+        parents to start its agent starts the join's clock."""
+        found: dict[str, list[str]] = {}
+        for step in self.steps:
+            if step.join is not None and step.join.deadline is not None:
+                for parent in step.deps:
+                    found.setdefault(parent, []).append(step.id)
+        return {parent: tuple(joins) for parent, joins in found.items()}
 
     def reads(self, step: PlannedStep) -> tuple[str, ...]:
         """The steps whose rows a delegation of ``step`` reads before it calls the agent.
@@ -226,6 +248,7 @@ def build_plan(team: TeamDeclaration) -> ExecutionPlan:
                     if step.for_each
                     else None
                 ),
+                join=JoinRule.of(step.join) if step.join is not None else None,
                 sink=step.id in end_steps,
                 _graph=graph,
             )

@@ -66,7 +66,7 @@ def plan_step_of(step_id: str) -> str:
 def planned_for(plan: ExecutionPlan, step_id: str) -> PlannedStep:
     """The plan step ``step_id`` runs as. A map item runs as its map step; a handoff or
     an ask runs as the step that added it, with the target agent, outside the plan's
-    conditions and map (its input comes from its own row)."""
+    conditions, map and join (its task and input come from its own row)."""
     origin = origin_of(step_id)
     if origin is None:
         return plan.step(step_id)
@@ -79,6 +79,7 @@ def planned_for(plan: ExecutionPlan, step_id: str) -> PlannedStep:
         agent=origin.agent,
         when=None,
         map=None,
+        join=None,
         input_from=None,
         deadline=None,
         heartbeat_timeout=None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from workflows.plan import ExecutionPlan, MapSpec
@@ -136,6 +137,7 @@ class RowState(Protocol):
     parent_id: str | None
     item_index: int | None
     origin: Any
+    next_attempt_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -147,21 +149,37 @@ class Resumption:
     finish: bool
 
 
-def resumption(plan: ExecutionPlan, rows: Sequence[RowState]) -> Resumption:
+def resumption(
+    plan: ExecutionPlan, rows: Sequence[RowState], now: datetime | None = None
+) -> Resumption:
     """From an execution's rows: every undecided step whose count is zero (ready, whose
-    message may have been lost), and every released undecided map item. With every
+    message may have been lost), every released undecided map item, and every join
+    whose deadline has passed by ``now`` (its timer may have been lost). With every
     sink decided, the execution is only to be finished."""
     by_id = {row.step_id: row for row in rows}
     if all(by_id[sid].status in STEP_FINAL for sid in plan.sinks if sid in by_id):
         return Resumption(send=(), finish=True)
     send = []
     for row in rows:
-        if row.status in STEP_FINAL or row.waiting > 0:
+        if row.status in STEP_FINAL:
+            continue
+        if row.waiting > 0 and not _deadline_passed(plan, row, now):
             continue
         if row.parent_id is not None and not _released(row, by_id):
             continue
         send.append(row.step_id)
     return Resumption(send=tuple(send), finish=False)
+
+
+def _deadline_passed(plan: ExecutionPlan, row: RowState, now: datetime | None) -> bool:
+    """A join still pending past its deadline (armed when its first parent started)."""
+    if now is None or row.next_attempt_at is None or row.status != StepStatus.PENDING:
+        return False
+    if not plan.has(row.step_id) or row.step_id not in plan.early_joins:
+        return False
+    due = row.next_attempt_at
+    # SQLite hands back naive UTC.
+    return (due if due.tzinfo is not None else due.replace(tzinfo=UTC)) <= now
 
 
 def _released(item: RowState, by_id: Mapping[str, RowState]) -> bool:

@@ -34,10 +34,13 @@ class StepStatus(StrEnum):
 
 class SkipCause(StrEnum):
     """Why a step was skipped: its own condition was false (not a failure; dependents
-    still run), or something upstream failed (dependents are skipped too)."""
+    still run), or something upstream failed (dependents are skipped too). And why a
+    step was cancelled when the execution was not: a join stopped waiting for it (its
+    quorum was met, its deadline passed, or it failed or was skipped first)."""
 
     CONDITION = "condition"
     UPSTREAM = "upstream"
+    JOIN = "join"
 
 
 class AttemptOutcome(StrEnum):

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from orchestration.client.report import ApprovalReport, AttemptReport, ExecutionReport
 from orchestration.spec import TeamSpec
+from workflows.aggregation import JoinRule
 from workflows.plan import ExecutionPlan
 
 _STYLE = {
@@ -244,7 +245,15 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
         f"{len(plan.levels)} step{'s' if len(plan.levels) != 1 else ''} long"
     )
     table = Table(show_lines=False)
-    for column in ("depth", "step", "agent", "after", "when / for each", "time limit", "retry"):
+    for column in (
+        "depth",
+        "step",
+        "agent",
+        "after",
+        "when / for each / join / approval",
+        "time limit",
+        "retry",
+    ):
         table.add_column(column)
     approvals = {s.id: s.approval for s in spec.steps if s.approval is not None}
     for step in sorted(plan.steps, key=lambda s: (s.level, s.position)):
@@ -271,6 +280,7 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
                     f"approval: {approval.timeout:g}s, then {approval.on_timeout}"
                     if approval is not None
                     else "",
+                    join_text(step.join) if step.join is not None else "",
                 )
                 if part
             ),
@@ -292,6 +302,24 @@ def print_plan(console: Console, spec: TeamSpec, plan: ExecutionPlan, source: st
                 ", ".join(rule.pass_context),
             )
         console.print(rules)
+
+
+def join_text(join: JoinRule) -> str:
+    """A join's rule in a few words: "join majority of 'verdict', quorum 2, deadline 5s"."""
+    parts = [f"join {join.aggregate}"]
+    if join.field is not None:
+        parts[0] += f" of {join.field!r}"
+    if join.priority:
+        parts[0] += f" ({' > '.join(join.priority)})"
+    if join.reducer is not None:
+        parts[0] += f" by {join.reducer!r}"
+    if join.quorum is not None:
+        parts.append(f"quorum {join.quorum}")
+    if join.deadline is not None:
+        parts.append(f"deadline {join.deadline:g}s")
+    if join.tolerate_failures:
+        parts.append("tolerates failures")
+    return ", ".join(parts)
 
 
 def json_line(value: Any) -> str:

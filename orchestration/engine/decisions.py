@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestration.engine import approvals
 from orchestration.errors import AgentError, DeadlineExceeded, ForEachError, WorkerLost
 from orchestration.spec import APPROVAL_PSEUDO_AGENT, ApprovalSpec
 from orchestration.step_state import StepState
+from workflows.aggregation import (
+    JoinFail,
+    JoinRule,
+    JoinRun,
+    JoinSkip,
+    JoinWait,
+    Parent,
+    aggregate,
+    cancel_reason,
+    no_success,
+    readiness,
+)
 from workflows.conditions import ListExpressionError, compile_condition, evaluate_list
 from workflows.plan import PlannedStep
 from workflows.status import STEP_FINAL, AttemptOutcome, ExecutionStatus, SkipCause, StepStatus
@@ -128,7 +140,46 @@ class Call:
     deadline: datetime | None
 
 
-Decision = Redrive | Stale | Decide | Expand | Join | SendItems | Refuse | LookLater | Call
+@dataclass(frozen=True)
+class WaitForParents:
+    """A join its parents do not let run yet: nothing to do (a later parent's decision
+    or its deadline's timer sends it again). ``seconds``: look again then."""
+
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class CancelParents:
+    """The join decides without the parents still undecided: cancel each (step id, the
+    reason recorded on it), then look again."""
+
+    parents: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The join's decision without an agent: completed with the aggregate, or failed."""
+
+    status: StepStatus
+    output: Any
+    error_type: str | None
+    error: str | None
+
+
+Decision = (
+    Redrive
+    | Stale
+    | Decide
+    | Expand
+    | Join
+    | SendItems
+    | Refuse
+    | LookLater
+    | Call
+    | WaitForParents
+    | CancelParents
+    | Joined
+)
 
 
 def decide(view: View) -> Decision | approvals.GateDecision:
@@ -142,6 +193,10 @@ def decide(view: View) -> Decision | approvals.GateDecision:
         # A map step waits for its items; any other step that handed off waits for its
         # handoff: either way, join once they are decided, else (re)send them.
         return Join() if row.waiting <= 0 else SendItems()
+    if not is_item and step.join is not None and row.status == StepStatus.PENDING:
+        judged = decide_join(view, step.join)
+        if judged is not None:
+            return judged  # else a reducer, called below as any agent
     if row.status == StepStatus.PENDING and not is_item:
         blocked_by = failed_dependency(step, view.rows)
         if blocked_by:
@@ -210,6 +265,8 @@ def decide(view: View) -> Decision | approvals.GateDecision:
 
 
 def failed_dependency(step: PlannedStep, rows: Mapping[str, StepState]) -> str | None:
+    if step.join is not None:
+        return None  # a join judges its parents by its own rules (decide_join)
     for dep in step.deps:
         row = rows[dep]
         if row.status in (StepStatus.FAILED, StepStatus.CANCELLED):
@@ -235,3 +292,78 @@ def step_deadline(row: StepState, step: PlannedStep, now: datetime) -> datetime 
         return None
     started = row.started_at or now
     return started + timedelta(seconds=step.deadline)
+
+
+# --- joins ------------------------------------------------------------------------------
+
+# A waiting join whose deadline is this close looks again itself (its timer may arrive
+# a moment early, from another host's clock); a farther one waits for its timer, and a
+# lost timer is found by the reaper.
+JOIN_TIMER_SLACK = 2.0
+
+
+def decide_join(view: View, rule: JoinRule) -> Decision | None:
+    """A pending join: wait, cancel the parents it no longer waits for, skip, fail, or
+    aggregate. None: a reducer join ready for its agent's call."""
+    step = view.step
+    parents = join_parents(step, view.rows)
+    verdict = readiness(rule, parents, deadline_passed=join_deadline_passed(view.row, view.now))
+    if isinstance(verdict, JoinWait):
+        due = view.row.next_attempt_at
+        remaining = None if due is None else (due - view.now).total_seconds()
+        if remaining is not None and remaining <= JOIN_TIMER_SLACK:
+            return WaitForParents(remaining + 0.05)
+        return WaitForParents(None)
+    undecided = [p for p in parents if p.undecided]
+    if undecided:
+        return CancelParents(
+            tuple((p.step_id, cancel_reason(step.id, rule, verdict, p)) for p in undecided)
+        )
+    if isinstance(verdict, JoinSkip):
+        return Decide(StepStatus.SKIPPED, SkipCause.UPSTREAM, verdict.reason)
+    if isinstance(verdict, JoinFail):
+        return Joined(StepStatus.FAILED, None, verdict.error_type, verdict.reason)
+    if step.when:
+        outcome = compile_condition(step.when).evaluate(view.input, condition_view(view))
+        if not outcome.value:
+            return Decide(StepStatus.SKIPPED, SkipCause.CONDITION, outcome.reason)
+    failure = no_success(parents)
+    if failure is not None:
+        return Joined(failure.status, None, failure.error_type, failure.error)
+    if rule.reducer is not None:
+        return None
+    assert isinstance(verdict, JoinRun)
+    result = aggregate(rule, parents, verdict.trigger)
+    return Joined(result.status, result.output, result.error_type, result.error)
+
+
+def join_deadline_passed(row: StepState, now: datetime) -> bool:
+    """Whether a join's deadline has passed. Armed in ``next_attempt_at`` while it is
+    pending; once a reducer join has been called, that column holds its retries, and
+    the join ran, so its deadline counts as passed (only a join that ran at its
+    deadline still has parents left without a result to account for)."""
+    if row.status != StepStatus.PENDING:
+        return True
+    return row.next_attempt_at is not None and now >= row.next_attempt_at
+
+
+def join_parents(step: PlannedStep, rows: Mapping[str, StepState]) -> tuple[Parent, ...]:
+    """The join's parents as ``workflows.aggregation`` reads them, in dependency order."""
+    return tuple(_parent(rows[sid]) for sid in step.deps)
+
+
+def _parent(row: StepState) -> Parent:
+    finished = row.finished_at
+    if finished is not None and finished.tzinfo is None:
+        finished = finished.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return Parent(
+        step_id=row.step_id,
+        agent=row.agent,
+        status=row.status,
+        output=row.output,
+        error=f"{row.error_type}: {row.error_message}" if row.error_type else None,
+        skip_cause=row.skip_cause,
+        reason=row.reason,
+        started=row.started_at is not None,
+        finished_at=finished.timestamp() if finished is not None else None,
+    )

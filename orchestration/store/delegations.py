@@ -108,8 +108,8 @@ class DelegationRecords:
     @_retrying
     def step_results(self, execution_id: str) -> list[Any]:
         """What deciding an execution's outcome needs of each step (id, status, output,
-        error type and message, reason), as plain rows: an ORM object per step of a
-        10,000-step execution held 8.5 MiB more in the worker that finished it."""
+        error type and message, reason, skip cause), as plain rows: an ORM object per
+        step of a 10,000-step execution held 8.5 MiB more in the worker that finished it."""
         query = select(
             StepRow.step_id,
             StepRow.status,
@@ -117,6 +117,7 @@ class DelegationRecords:
             StepRow.error_type,
             StepRow.error_message,
             StepRow.reason,
+            StepRow.skip_cause,
         ).where(StepRow.execution_id == execution_id, StepRow.parent_id.is_(None))
         with self._store.reader.connect() as connection:
             return list(connection.execute(query))
@@ -236,8 +237,9 @@ class DelegationRecords:
         error_type: str = "MapItemFailed",
     ) -> Decided | None:
         """A step decided without calling an agent: skipped, cancelled, a map step
-        joining its items, or a step taking its handoff's result (completed with their
-        outputs, or failed with ``error_type``)."""
+        joining its items, a join aggregating its parents, or a step taking its
+        handoff's result (completed with their outputs, or failed with ``error_type`` and
+        ``reason``)."""
         stamp = now()
         params: dict[str, Any] = {
             "eid": execution_id,
@@ -457,6 +459,23 @@ class DelegationRecords:
                     )
                 )
             )
+
+    @_retrying
+    def arm_join_deadline(self, execution_id: str, step_id: str, at: datetime) -> bool:
+        """Record when a pending join's deadline passes, once: True for the caller that
+        armed it (and sends its timer), False if it was armed already or is decided."""
+        with self._store.engine.begin() as connection:
+            armed = connection.execute(
+                plain_update(StepRow)
+                .where(
+                    StepRow.execution_id == execution_id,
+                    StepRow.step_id == step_id,
+                    StepRow.status == PENDING,
+                    StepRow.next_attempt_at.is_(None),
+                )
+                .values(next_attempt_at=at)
+            )
+            return bool(armed.rowcount)
 
     @_retrying
     def record_waiting(self, execution_id: str, step_id: str, until: datetime, reason: str) -> None:

@@ -27,6 +27,7 @@ from orchestration.constants import (
     PENDING,
     RETRYING,
     RUNNING,
+    SKIP_JOIN,
 )
 from orchestration.constants import STEP_FINAL as _FINAL
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
@@ -124,13 +125,17 @@ WHERE id = :eid AND status NOT IN {_EXECUTION_FINAL_SQL}"""
 # A successful call's result is kept even if a stop marked the step cancelled while the
 # call ran: the delegation read the execution as not cancelled before calling, so the
 # stop came after the call began, which is what a step already marked running gets too
-# (a stop cancels only steps that are pending or waiting to retry).
+# (a stop cancels only steps that are pending or waiting to retry). Not so for a parent
+# a join cancelled when it stopped waiting for it: that cancel counted down what waits
+# for the parent, and the join's record must not change, so the late result stays in
+# the attempt's row only.
 _DECIDED_SQL = _sql_list(_FINAL - {CANCELLED})
 COMPLETE_STEP_SQL: Final = f"""
 UPDATE troupe_steps SET status = '{COMPLETED}', attempts = :att, output = :out,
     error_type = NULL, error_message = NULL, reason = NULL, next_attempt_at = NULL,
     started_at = COALESCE(started_at, :started), finished_at = :ts, duration_ms = :step_ms
-WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_DECIDED_SQL}"""
+WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_DECIDED_SQL}
+    AND (skip_cause IS NULL OR skip_cause <> '{SKIP_JOIN}')"""
 
 RETRY_STEP_SQL: Final = f"""
 UPDATE troupe_steps SET status = '{RETRYING}', attempts = :att,

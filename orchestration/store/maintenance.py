@@ -116,6 +116,24 @@ class MaintenanceRecords:
         return StepActivity(retry_due=bool(row[0]), latest=max(moments) if moments else None)
 
     @_retrying
+    def overdue_joins(self, due_before: datetime) -> set[str]:
+        """Unfinished executions with a join still pending past its deadline (due
+        before ``due_before``): its timer was lost, or came early."""
+        query = (
+            select(StepRow.execution_id)
+            .distinct()
+            .join(ExecutionRow, ExecutionRow.id == StepRow.execution_id)
+            .where(
+                ExecutionRow.status.in_([PENDING, RUNNING]),
+                StepRow.status == PENDING,
+                # Only a join's armed deadline leaves a pending step with this set.
+                StepRow.next_attempt_at < due_before,
+            )
+        )
+        with self._store.reader.connect() as connection:
+            return set(connection.execute(query).scalars())
+
+    @_retrying
     def claim_resume(self, execution_id: str, not_since: datetime) -> bool:
         """Record that this reaper resumes the execution, unless one did after
         ``not_since`` (several workers reap at once: one of them resumes it)."""
