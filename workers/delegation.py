@@ -875,7 +875,13 @@ class Delegation:
         # and the marker its batch left refuses the next attempt's: applied once.
         self.memory.apply(collaboration.batch())
         if result.handoff is not None:
-            ended = replace(begun, duration_ms=int(seconds * 1000), usage=usage_record(usage))
+            ended = replace(
+                begun,
+                duration_ms=int(seconds * 1000),
+                usage=usage_record(usage),
+                tool_calls=[asdict(call) for call in result.tool_calls] or None,
+                context_version=collaboration.context_version,
+            )
             handed = self._hand_off(
                 state, attempt, result.handoff, confidence=None, rule=None, end=ended
             )

@@ -30,7 +30,7 @@ from orchestration.agents.call import Usage as CallUsage
 from orchestration.agents.openai_client import client_for, translate
 from orchestration.agents.prompts import render_prompt
 from orchestration.agents.secrets import read_secret, redact
-from orchestration.agents.team_tools import with_team_tools
+from orchestration.agents.team_tools import HandoffRequested, with_team_tools
 from orchestration.agents.tools import Tool, call_tool, load_tools
 from orchestration.errors import AgentProtocolError, PermanentAgentError
 from orchestration.spec import OpenAIAgentSpec
@@ -118,7 +118,17 @@ class _Attempt:
                     raise AgentProtocolError(
                         f"the model was still calling tools after max_turns={spec.max_turns}"
                     )
-                self._run_tools(message)
+                try:
+                    self._run_tools(message)
+                except HandoffRequested as requested:
+                    # The model handed the task on: the attempt ends here, and its
+                    # step goes to that agent (what it used so far is its usage).
+                    return AgentResult(
+                        output=None,
+                        usage=self.usage,
+                        tool_calls=tuple(self.tool_calls),
+                        handoff=requested.handoff,
+                    )
                 continue
             if message.content is None:
                 raise AgentProtocolError("the model's reply has neither content nor tool calls")
@@ -269,7 +279,21 @@ class _Attempt:
             {"role": "assistant", "content": message.content, "tool_calls": wire_calls}
         )
         for wire in wire_calls:
-            reply = call_tool(self.tools, wire["function"]["name"], wire["function"]["arguments"])
+            started = time.perf_counter()
+            try:
+                reply = call_tool(
+                    self.tools, wire["function"]["name"], wire["function"]["arguments"]
+                )
+            except HandoffRequested as requested:
+                self.tool_calls.append(
+                    ToolCall(
+                        tool=wire["function"]["name"],
+                        arguments=requested.arguments,
+                        duration_ms=int((time.perf_counter() - started) * 1000),
+                        outcome="success",
+                    )
+                )
+                raise
             self.tool_calls.append(reply.record)
             self.conversation.add(
                 {"role": "tool", "tool_call_id": wire["id"], "content": reply.content}

@@ -1,8 +1,10 @@
-"""Tools for an ``openai`` agent's team (``team_tools: true``): its shared memory and its
-messages, as function tools the model calls like any other (each call is recorded with
-its attempt). They act through the attempt's call (``call.shared``, ``call.send``,
-``call.broadcast``), so what the model writes or sends is staged with the attempt like
-a Python agent's: applied once, and only if the attempt succeeds.
+"""Tools for an ``openai`` agent's team (``team_tools: true``): its shared memory, its
+messages, and delegation (ask another agent, hand the task off), as function tools the
+model calls like any other (each call is recorded with its attempt). They act through
+the attempt's call (``call.shared``, ``call.send``, ``call.broadcast``, ``call.ask``),
+so what the model writes or sends is staged with the attempt like a Python agent's:
+applied once, and only if the attempt succeeds; a question is a delegation of its own;
+a handoff ends the attempt and passes its step on, as a Python agent's ``Handoff``.
 
 A team tool is a function whose first parameter is the ``AgentCall``, registered with
 ``@team_tool``: its other parameters, typed, are what the model sees and gives (their
@@ -20,8 +22,9 @@ from typing import Annotated, Any, TypeVar
 from pydantic import Field
 
 from orchestration.agents.call import AgentCall
+from orchestration.agents.team_channel import Handoff
 from orchestration.agents.tools import Tool, tool_of
-from orchestration.errors import AgentLoadError, InvalidTeamWrite
+from orchestration.errors import AgentError, AgentLoadError, InvalidTeamWrite, PermanentAgentError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,3 +123,41 @@ def broadcast(
     except InvalidTeamWrite as exc:
         raise _refused(exc) from None
     return {"sent_to": "everyone"}
+
+
+class HandoffRequested(AgentError):
+    """Raised by the ``hand_off`` tool: the model's turn ends and its step goes to
+    another agent (the adapter returns the handoff; nothing fails)."""
+
+    def __init__(self, handoff: Handoff, arguments: dict[str, Any]) -> None:
+        self.handoff = handoff
+        self.arguments = arguments
+        super().__init__(f"handed off to {handoff.to}")
+
+
+Agent = Annotated[str, Field(description="the name of another agent of the team")]
+
+
+@team_tool
+def ask_agent(
+    call: AgentCall,
+    agent: Agent,
+    question: Annotated[str, Field(description="the question, in full")],
+) -> Any:
+    """Ask another agent of the team a question and get its answer."""
+    try:
+        return call.ask(agent, question)
+    except (PermanentAgentError, TimeoutError) as exc:
+        # Unknown agent, or it could not answer: the model is told and may go on.
+        raise ValueError(str(exc)) from None
+
+
+@team_tool
+def hand_off(
+    call: AgentCall,
+    to: Agent,
+    reason: Annotated[str, Field(description="why that agent should do it")],
+) -> None:
+    """Hand this whole task to another agent of the team; its answer becomes the result.
+    Ends your turn."""
+    raise HandoffRequested(Handoff(to, reason), {"to": to, "reason": reason})

@@ -19,7 +19,15 @@ from tests.support.teams import FAST_RETRY
 pytestmark = pytest.mark.timeout(60)
 
 MEMORY = "tests.support.memory_agents"
-TEAM_TOOLS = {"memory_read", "memory_write", "memory_list", "send_message", "broadcast"}
+TEAM_TOOLS = {
+    "memory_read",
+    "memory_write",
+    "memory_list",
+    "send_message",
+    "broadcast",
+    "ask_agent",
+    "hand_off",
+}
 
 
 @pytest.fixture

@@ -20,7 +20,9 @@ def test_team_tools_act_through_the_call_and_tell_the_model_its_mistakes() -> No
     call = AgentCall("e", "s", "writer", None, None, {}, 1, shared=team.memory, _team=team.channel)
     tools = team_tools(call)
     assert sorted(tools) == [
+        "ask_agent",
         "broadcast",
+        "hand_off",
         "memory_list",
         "memory_read",
         "memory_write",
