@@ -315,21 +315,7 @@ class DelegationRecords:
         row, in one transaction: the caller then waits for the handoff step as a map
         step waits for its items. False if it was decided already (a redelivery)."""
         stamp = now()
-        added = {
-            "execution_id": execution_id,
-            "step_id": child.step_id,
-            "agent": child.agent,
-            "position": 0,
-            "level": 0,
-            "status": PENDING,
-            "attempts": 0,
-            "waiting": 0,
-            "parent_id": child.parent_id,
-            "item_index": None,
-            "item": child.item,
-            "origin": {**child.origin, "at": stamp.isoformat()},
-            "dependents": list(child.dependents),
-        }
+        added = _agent_added_row(execution_id, child, stamp)
         values: dict[str, Any] = {
             "status": RUNNING,
             "fan_out": 1,
@@ -368,21 +354,7 @@ class DelegationRecords:
     def add_ask(self, execution_id: str, child: AddedStep) -> bool:
         """A question step, unless it exists (a retried asker asking again). True if
         this call added it."""
-        row = {
-            "execution_id": execution_id,
-            "step_id": child.step_id,
-            "agent": child.agent,
-            "position": 0,
-            "level": 0,
-            "status": PENDING,
-            "attempts": 0,
-            "waiting": 0,
-            "parent_id": child.parent_id,
-            "item_index": None,
-            "item": child.item,
-            "origin": {**child.origin, "at": now().isoformat()},
-            "dependents": [],
-        }
+        row = _agent_added_row(execution_id, child, now())
         try:
             with self._store.engine.begin() as connection:
                 connection.execute(insert(StepRow), [row])
@@ -511,6 +483,26 @@ class DelegationRecords:
                 .values(status=status, output=output, error=error, finished_at=now())
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _agent_added_row(execution_id: str, child: AddedStep, stamp: datetime) -> dict[str, Any]:
+    """The row of a step an agent added (a handoff, a question): no index, its task and
+    input in ``item``, its origin stamped."""
+    return {
+        "execution_id": execution_id,
+        "step_id": child.step_id,
+        "agent": child.agent,
+        "position": 0,
+        "level": 0,
+        "status": PENDING,
+        "attempts": 0,
+        "waiting": 0,
+        "parent_id": child.parent_id,
+        "item_index": None,
+        "item": child.item,
+        "origin": {**child.origin, "at": stamp.isoformat()},
+        "dependents": list(child.dependents),
+    }
 
 
 def _like_escaped(text: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.report_shape import assert_report_shape
 from tests.support.services import describe, run_manage
 from tests.support.teams import write_team
 
@@ -24,18 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 EXAMPLE_TEAM = "examples/code_audit/team.yaml"
 SAMPLE = "examples/code_audit/sample_project"
 CLEAN = "examples/code_audit/clean_project"
-REPORT_KEYS = {"execution_id", "status", "output", "usage", "steps", "handoffs"}
-STEP_KEYS = {
-    "id",
-    "agent",
-    "status",
-    "attempts",
-    "duration_ms",
-    "error",
-    "parent",
-    "item_index",
-    "usage",
-}
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -47,12 +36,6 @@ def run_json(args: list[str], env: dict[str, str], **kwargs: Any) -> tuple[Any, 
         pytest.fail(f"stdout is not one JSON value ({exc}):\n{describe(result)}")
     assert isinstance(data, dict), describe(result)
     return result, data
-
-
-def assert_report_shape(data: dict[str, Any]) -> None:
-    assert set(data) == REPORT_KEYS, data
-    for step in data["steps"]:
-        assert set(step) == STEP_KEYS, step
 
 
 def comparable(data: dict[str, Any]) -> dict[str, Any]:
