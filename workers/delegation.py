@@ -28,6 +28,7 @@ from orchestration.constants import COMPLETED, FAILED, OUTCOME_ERROR, OUTCOME_RE
 from orchestration.engine import decisions as d
 from orchestration.errors import CircuitOpen, HandoffRefused, InternalError
 from orchestration.pricing import Prices
+from orchestration.priorities import Priority
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
@@ -144,6 +145,9 @@ class TeamContext:
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     handoffs: tuple[HandoffRule, ...] = ()
     max_handoff_depth: int = 3
+    # The execution's priority (the team's, or the one given at enqueue): its messages
+    # carry it.
+    priority: Priority = Priority.NORMAL
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -169,6 +173,7 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
             prices=spec.prices,
             handoffs=spec.handoffs,
             max_handoff_depth=spec.max_handoff_depth,
+            priority=spec.priority,
         )
         with _cache_lock:
             _teams[(store.url, digest)] = team
