@@ -40,6 +40,7 @@ from workers.app import app, app_settings
 from workers.delegation import Delegation, Delivery, Limits, RetryLater, TeamContext, team_of
 from workers.health import run_heartbeat
 from workers.publish import (
+    PROMOTED,
     Route,
     Routing,
     TaskMessage,
@@ -48,7 +49,7 @@ from workers.publish import (
     publish,
     route_options,
 )
-from workers.reaper import ReaperThread
+from workers.reaper import ReaperThread, promotable_steps
 from workers.reaper import reap as reap_lost_work
 from workflows.outcome import decide_outcome
 from workflows.runtime_steps import planned_for
@@ -143,12 +144,14 @@ def _fresh_connections(**_: Any) -> None:
 
 
 @app.task(name=START_TASK, ignore_result=True)
-def start(execution_id: str, resume: bool = False) -> str:
+def start(execution_id: str, resume: bool = False, promote: bool = False) -> str:
     """Publish the execution's first steps from its recorded plan.
 
     Resuming (the reaper found it stalled), every undecided step whose count is zero
     is sent again with its next attempt, and an execution whose sinks are all decided
-    is finished.
+    is finished. Promoting (its steps waited longer than max_wait), the same steps
+    except those running or waiting for a retry not yet due are sent above every
+    priority.
     """
     shared = context()
     state = shared.records
@@ -166,10 +169,24 @@ def start(execution_id: str, resume: bool = False) -> str:
         finish_execution(execution_id)
         return execution_id
     by_id = {row.step_id: row for row in rows}
+    send = found.send
+    if promote:
+        send = promotable_steps([by_id[sid] for sid in send])
     publish(
         app,
-        [_message(team, execution_id, sid, by_id[sid].attempts + 1) for sid in found.send],
+        [
+            _message(
+                team,
+                execution_id,
+                sid,
+                by_id[sid].attempts + 1,
+                level=PROMOTED if promote else None,
+            )
+            for sid in send
+        ],
     )
+    if promote and send:
+        log.info("execution %s: steps %s sent again above every priority", execution_id, list(send))
     return execution_id
 
 
@@ -433,20 +450,33 @@ def reap() -> dict[str, Any]:
 def reap_once() -> dict[str, Any]:
     shared = context()
     settings = shared.settings
-    # Resuming is Troupe's own task: sent above every delegation, so a backlog does not
-    # hold it back.
+    # Resuming and promoting are Troupe's own tasks: sent above every delegation, so a
+    # backlog does not hold them back.
     own = route_options(shared.routing.own)
+
+    def resume(execution_id: str, promote: bool = False) -> None:
+        kwargs = {"resume": True, "promote": True} if promote else {"resume": True}
+        publish(app, [TaskMessage(START_TASK, (execution_id,), kwargs, own)])
+
     report = reap_lost_work(
         MaintenanceRecords(shared.store),
         lease_ttl=settings.lease_ttl,
         stall_timeout=settings.stall_timeout,
-        resume=lambda execution_id: publish(
-            app, [TaskMessage(START_TASK, (execution_id,), {"resume": True}, own)]
-        ),
+        resume=resume,
+        max_wait=settings.max_wait,
+        promote=lambda execution_id: resume(execution_id, promote=True),
     )
     if report.lost_attempts or report.resumed:
         log.warning("reaper: lost attempts %s; resumed %s", report.lost_attempts, report.resumed)
-    return {"lost_attempts": len(report.lost_attempts), "resumed": report.resumed}
+    if report.promoted:
+        log.warning(
+            "reaper: promoted %s (their steps waited %gs)", report.promoted, settings.max_wait
+        )
+    return {
+        "lost_attempts": len(report.lost_attempts),
+        "resumed": report.resumed,
+        "promoted": report.promoted,
+    }
 
 
 __all__ = ["delegate", "finalize", "finish_execution", "heartbeat", "reap", "start"]
