@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # An unfinished execution with nothing running, waiting or queued for this long is
     # resumed by the reaper (its messages were lost with a broker or a worker).
     stall_timeout: float = Field(default=120.0, gt=0)
+    # Starvation's bound: a step of a below-critical execution in which nothing has
+    # started or ended for this long is sent again above every priority (the reaper
+    # promotes it; workers/reaper.py).
+    max_wait: float = Field(default=300.0, gt=0)
     # kombu re-queues a dead worker's unacknowledged messages once they are older than
     # the visibility timeout; scan for them this often (kombu's default is ~100 s).
     unacked_restore_interval: float = Field(default=2.0, gt=0)

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestration.priorities import Priority
 from orchestration.team_limits import (
     MAX_AGENT_NAME,
     MAX_AGENTS,
@@ -48,6 +49,10 @@ from workflows.plan import Strategy, dependencies
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 AGENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+# A broker queue's name: no separator Celery's --queues or kombu's Redis keys give a
+# meaning to (commas, colons, spaces), and short.
+QUEUE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+MAX_QUEUE_NAME = 100
 
 # Every string and duration is bounded (orchestration/team_limits.py says why).
 AgentName = Annotated[str, Field(max_length=MAX_AGENT_NAME)]
@@ -55,6 +60,7 @@ StepId = Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=MAX_STEP_ID)]
 Target = Annotated[str, Field(pattern=TARGET_PATTERN, max_length=MAX_TARGET)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+QueueName = Annotated[str, Field(pattern=QUEUE_PATTERN, max_length=MAX_QUEUE_NAME)]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=MAX_URL)]
 HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=100)]
 HeaderValue = Annotated[str, Field(max_length=MAX_HEADER_VALUE)]
@@ -178,6 +184,9 @@ class _AgentFields(_Model):
     health: HealthCheck | None = None
     # A long-running agent that reports progress (call.heartbeat) must do so this often.
     heartbeat_timeout: Seconds | None = None
+    # The Celery queue its delegations go to (None: Troupe's own, TROUPE_QUEUE); served
+    # by workers started with `manage.py worker --queues NAME`.
+    queue: QueueName | None = None
 
     @property
     def when_open(self) -> WhenOpen:
@@ -478,6 +487,8 @@ class TeamSpec(_Model):
     name: Annotated[str, Field(min_length=1, max_length=MAX_TEAM_NAME)]
     description: Text | None = None
     budget: Budget | None = None
+    # Its executions' priority, unless one is given at enqueue.
+    priority: Priority = Priority.NORMAL
     # Prices of models this team's agents use, over the shipped table and settings'.
     prices: PriceTable = {}
     # Shared-memory keys and the rule each is written by (others: last_writer).

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestration.constants import HEARTBEAT_TASK, REAP_TASK
 from orchestration.settings import Settings
+from workers.publish import AMQP_MAX_PRIORITY, REDIS_PRIORITY_STEPS, Routing, route_options
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -61,17 +62,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def _beat_schedule(settings: Settings) -> dict[str, Any]:
     # Probe agents and feed their breakers; recover work lost with dead workers. Each run
-    # expires after one interval, so a backlog never replays stale probes.
+    # expires after one interval, so a backlog never replays stale probes; both go above
+    # every delegation's priority, so a backlog does not hold them until they expire.
+    own = route_options(Routing.for_settings(settings).own)
     return {
         "troupe-heartbeat": {
             "task": HEARTBEAT_TASK,
             "schedule": settings.heartbeat_interval,
-            "options": {"queue": settings.queue, "expires": settings.heartbeat_interval},
+            "options": {**own, "expires": settings.heartbeat_interval},
         },
         "troupe-reap": {
             "task": REAP_TASK,
             "schedule": settings.reap_interval,
-            "options": {"queue": settings.queue, "expires": settings.reap_interval},
+            "options": {**own, "expires": settings.reap_interval},
         },
     }
 
@@ -92,7 +95,14 @@ def _rabbitmq() -> dict[str, Any]:
     # a message unacknowledged longer than its consumer_timeout (see
     # Settings.consumer_timeout): reconnect then, as after a lost connection, instead of
     # stopping the worker on the PRECONDITION_FAILED channel error.
-    return {"broker_channel_error_retry": True}
+    return {
+        "broker_channel_error_retry": True,
+        # Every queue Celery declares (Troupe's, and each agent's, by publisher or
+        # worker) is a priority queue: RabbitMQ ignores a message's priority in a queue
+        # declared without x-max-priority, and refuses to declare an existing queue
+        # again with other arguments.
+        "task_queue_max_priority": AMQP_MAX_PRIORITY,
+    }
 
 
 def _visibility_timeout_broker(settings: Settings) -> dict[str, Any]:
@@ -103,6 +113,12 @@ def _visibility_timeout_broker(settings: Settings) -> dict[str, Any]:
             # timeout, not after kombu's default restore cycle of about 100 s.
             "unacked_restore_interval": settings.unacked_restore_interval,
             "unacked_restore_throttle": 1,
+            # One Redis list per priority level (workers/publish.py, LEVELS); a worker's
+            # BRPOP names every level of every queue it serves, most urgent first, so
+            # a message is taken from the most urgent non-empty list. kombu's own
+            # separator and queue order are kept: the separator also joins the
+            # exchange bindings already stored in Redis.
+            "priority_steps": list(REDIS_PRIORITY_STEPS),
         }
     }
     if settings.effective_broker_url.startswith("redis://"):

@@ -37,6 +37,7 @@ from orchestration.engine import approvals
 from orchestration.engine import decisions as d
 from orchestration.errors import CircuitOpen, HandoffRefused, InternalError
 from orchestration.pricing import Prices
+from orchestration.priorities import Priority
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
@@ -171,6 +172,9 @@ class TeamContext:
     approvals: Mapping[str, ApprovalSpec] = field(default_factory=dict)
     # The rule each shared-memory key is written by (others: last writer).
     memory: Mapping[str, MemoryRule] = field(default_factory=dict)
+    # The execution's priority (the team's, or the one given at enqueue): its messages
+    # carry it.
+    priority: Priority = Priority.NORMAL
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -198,6 +202,7 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
             max_handoff_depth=spec.max_handoff_depth,
             approvals={s.id: s.approval for s in spec.steps if s.approval is not None},
             memory=spec.memory,
+            priority=spec.priority,
         )
         with _cache_lock:
             _teams[(store.url, digest)] = team

@@ -15,12 +15,83 @@ A publish from a worker child cost 1.08 ms of CPU that way and 0.82 ms this way
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestration.constants import APPROVAL_DUE_TASK, DELEGATE_TASK, FINALIZE_TASK
+from orchestration.priorities import PRIORITIES, Priority
+from orchestration.settings import Settings
+from orchestration.spec import AgentSpec
 from workflows.plan import ExecutionPlan
+
+# What a message can be sent at, most urgent first: above every execution's priority,
+# a step the reaper sends again because it waited too long (workers/reaper.py), and
+# Troupe's own short tasks (resuming, promoting, probing, reaping), which must never wait
+# behind a backlog of delegations; then the executions' priorities.
+PROMOTED = "promoted"
+LEVELS: tuple[str, ...] = (PROMOTED, *PRIORITIES)
+# RabbitMQ serves the highest number first and fixes a queue's levels when it is
+# declared (its x-max-priority argument); kombu's Redis transport keeps one list per
+# number and serves 0 first (its priority_steps). Both from LEVELS, in opposite order.
+AMQP_MAX_PRIORITY = len(LEVELS) - 1
+REDIS_PRIORITY_STEPS: tuple[int, ...] = tuple(range(len(LEVELS)))
+
+
+@dataclass(frozen=True)
+class Route:
+    """The queue a message goes to and the broker's priority number it carries (None:
+    the broker has no priorities)."""
+
+    queue: str
+    priority: int | None
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where each message goes, and at which priority number, on this broker."""
+
+    # Troupe's own queue (TROUPE_QUEUE): agents that name none, and Troupe's tasks.
+    queue: str
+    # Level → priority number; None on the in-memory transport, which has no
+    # priorities.
+    numbers: Mapping[str, int] | None = None
+    # The embedded worker consumes one queue: every agent's delegations go there.
+    agent_queues: bool = True
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Routing:
+        if settings.embedded:
+            return cls(settings.queue, None, agent_queues=False)
+        if settings.broker_is_rabbitmq:
+            numbers = {level: AMQP_MAX_PRIORITY - rank for rank, level in enumerate(LEVELS)}
+        else:
+            numbers = {level: REDIS_PRIORITY_STEPS[rank] for rank, level in enumerate(LEVELS)}
+        return cls(settings.queue, numbers)
+
+    def queue_of(self, agent: AgentSpec | None) -> str:
+        if self.agent_queues and agent is not None and agent.queue is not None:
+            return agent.queue
+        return self.queue
+
+    def number(self, level: str) -> int | None:
+        return None if self.numbers is None else self.numbers[level]
+
+    def step(self, agent: AgentSpec | None, level: Priority | str) -> Route:
+        """Where a delegation of ``agent`` goes, at ``level``."""
+        return Route(self.queue_of(agent), self.number(level))
+
+    @property
+    def own(self) -> Route:
+        """Where Troupe's own tasks go: its queue, above every execution."""
+        return Route(self.queue, self.number(PROMOTED))
+
+
+def route_options(route: Route) -> dict[str, Any]:
+    """Celery's send options for ``route``."""
+    if route.priority is None:
+        return {"queue": route.queue}
+    return {"queue": route.queue, "priority": route.priority}
 
 
 @dataclass(frozen=True)
@@ -37,7 +108,7 @@ def delegation_message(
     execution_id: str,
     step_id: str,
     agent: str,
-    queue: str,
+    route: Route,
     attempt: int = 1,
     *,
     orphaned_by: str | None = None,
@@ -46,40 +117,47 @@ def delegation_message(
     kwargs: dict[str, Any] = {"attempt": attempt}
     if orphaned_by is not None:
         kwargs["orphaned_by"] = orphaned_by
-    return TaskMessage(
-        DELEGATE_TASK,
-        (execution_id, step_id),
-        kwargs,
-        {
-            "queue": queue,
-            # Flower and the logs show the delegation under its agent's name.
-            "shadow": f"agent:{agent}",
-            # What Flower shows as args and kwargs, written here: Celery's own safe repr
-            # of them was 7% of a publish's CPU.
-            "argsrepr": repr((execution_id, step_id)),
-            "kwargsrepr": repr(kwargs),
-        },
-    )
+    options = {
+        # Flower and the logs show the delegation under its agent's name.
+        "shadow": f"agent:{agent}",
+        # What Flower shows as args and kwargs, written here: Celery's own safe repr
+        # of them was 7% of a publish's CPU.
+        "argsrepr": repr((execution_id, step_id)),
+        "kwargsrepr": repr(kwargs),
+        **route_options(route),
+    }
+    return TaskMessage(DELEGATE_TASK, (execution_id, step_id), kwargs, options)
 
 
-def approval_due_message(execution_id: str, step_id: str, queue: str) -> TaskMessage:
-    """The timer of a step waiting for approval: sent with a countdown to its timeout."""
+def approval_due_message(execution_id: str, step_id: str, route: Route) -> TaskMessage:
+    """The timer of a step waiting for approval: sent with a countdown to its timeout
+    (to Troupe's own queue, above every execution: see ``Routing.own``)."""
     return TaskMessage(
         APPROVAL_DUE_TASK,
         (execution_id, step_id),
-        options={"queue": queue, "shadow": f"approval:{step_id}"},
+        options={**route_options(route), "shadow": f"approval:{step_id}"},
     )
 
 
-def finalize_message(execution_id: str, queue: str) -> TaskMessage:
-    return TaskMessage(FINALIZE_TASK, (execution_id,), options={"queue": queue})
+def finalize_message(execution_id: str, route: Route) -> TaskMessage:
+    return TaskMessage(FINALIZE_TASK, (execution_id,), options=route_options(route))
 
 
-def first_messages(plan: ExecutionPlan, execution_id: str, queue: str) -> list[TaskMessage]:
-    """What an execution starts with: one delegation per step that depends on nothing."""
-    return [
-        delegation_message(execution_id, sid, plan.step(sid).agent, queue) for sid in plan.roots
-    ]
+def first_messages(
+    plan: ExecutionPlan,
+    execution_id: str,
+    routing: Routing,
+    agents: Mapping[str, AgentSpec],
+    priority: Priority,
+) -> list[TaskMessage]:
+    """What an execution starts with: one delegation per step that depends on nothing,
+    each to its agent's queue at the execution's priority."""
+    messages = []
+    for sid in plan.roots:
+        agent = plan.step(sid).agent
+        route = routing.step(agents.get(agent), priority)
+        messages.append(delegation_message(execution_id, sid, agent, route))
+    return messages
 
 
 def publish(app: Any, messages: Iterable[TaskMessage]) -> None:

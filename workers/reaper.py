@@ -1,4 +1,4 @@
-"""The reaper: nothing stays RUNNING or PENDING forever.
+"""The reaper: nothing stays RUNNING or PENDING forever, nor waits in a queue forever.
 
 The database is the source of truth and the broker a delivery mechanism that may lose or
 hold messages. Attempts whose lease expired belong to dead workers: they are marked lost,
@@ -7,6 +7,16 @@ Executions with nothing running, waiting or recently active for ``stall_timeout`
 resumed too: their messages were lost with a broker or a worker. So are executions with
 a join still pending a lease past its deadline: its timer was lost (a hung parent keeps
 the execution from looking stalled).
+
+Starvation is bounded the same way. A broker serves higher priorities first, so a step
+of a lower one waits as long as higher ones keep coming, and a message waiting in a
+queue cannot be given another priority there (neither Redis nor RabbitMQ can reorder it
+in place). So once nothing of a below-critical execution has started or ended for
+``max_wait`` (lease renewals of a step still running do not count), its ready steps
+that are not running are sent again above every priority. Each step keeps its attempt
+number, so the two messages are copies of one delegation: whichever comes second finds
+the step decided (``Stale``) or under way (it looks again once the lease would have
+expired), and runs nothing. An execution is promoted at most once per ``max_wait``.
 """
 
 from __future__ import annotations
@@ -14,13 +24,16 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+from orchestration.priorities import Priority
 from orchestration.store.breakers import aware
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.repository import now
+from workflows.status import StepStatus
 
 log = logging.getLogger("troupe.reaper")
 
@@ -29,6 +42,7 @@ log = logging.getLogger("troupe.reaper")
 class ReapReport:
     lost_attempts: list[tuple[str, str, int]] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)
 
 
 def reap(
@@ -37,11 +51,14 @@ def reap(
     lease_ttl: float,
     stall_timeout: float,
     resume: Callable[[str], None],
+    max_wait: float | None = None,
+    promote: Callable[[str], None] | None = None,
     at: datetime | None = None,
 ) -> ReapReport:
     stamp = at or now()
+    lease = timedelta(seconds=lease_ttl)
     report = ReapReport()
-    for attempt in store.open_attempts(older_than=stamp - timedelta(seconds=lease_ttl)):
+    for attempt in store.open_attempts(older_than=stamp - lease):
         if store.mark_attempt_lost(attempt.execution_id, attempt.step_id, attempt.attempt):
             report.lost_attempts.append((attempt.execution_id, attempt.step_id, attempt.attempt))
     orphaned = {execution_id for execution_id, _, _ in report.lost_attempts}
@@ -61,26 +78,64 @@ def reap(
                 report.resumed.append(execution.id)
             continue
         # Attempts still open now hold a live lease (expired ones were just marked lost).
-        running, latest_attempt = store.attempt_activity(execution.id)
-        if running:
+        attempts = store.attempt_activity(execution.id)
+        created = aware(execution.created_at) or stamp
+        promoted = aware(execution.promoted_at)
+        activity = None
+        if (
+            promote is not None
+            and max_wait is not None
+            and Priority.of((execution.spec or {}).get("priority")).promotable
+        ):
+            # Every ready step became ready when something of its execution ended (or
+            # when it was created, or a retry came due), so it has waited at least as
+            # long as nothing has started or ended. Its steps are read only once its
+            # attempts have been quiet that long.
+            quiet_since = _latest(created, attempts.latest_event, promoted)
+            if (stamp - quiet_since).total_seconds() >= max_wait:
+                activity = store.step_activity(execution.id, due_after=stamp - lease)
+                quiet_since = _latest(quiet_since, activity.latest)
+                if (stamp - quiet_since).total_seconds() >= max_wait and store.claim_promotion(
+                    execution.id, stamp - timedelta(seconds=max_wait)
+                ):
+                    promote(execution.id)
+                    report.promoted.append(execution.id)
+                    continue
+        if attempts.running:
             continue
-        activity = store.step_activity(execution.id, due_after=stamp - timedelta(seconds=lease_ttl))
+        if activity is None:
+            activity = store.step_activity(execution.id, due_after=stamp - lease)
         if activity.retry_due:
             continue  # a step waits for its retry, due soon or just now
-        last = aware(execution.created_at) or stamp
-        if activity.latest is not None:
-            last = max(last, activity.latest)
-        if latest_attempt is not None:
-            last = max(last, latest_attempt)
-        resumed = aware(execution.resumed_at)
-        if resumed is not None:
-            last = max(last, resumed)
+        last = _latest(
+            created, activity.latest, attempts.latest, aware(execution.resumed_at), promoted
+        )
         if (stamp - last).total_seconds() >= stall_timeout and store.claim_resume(
             execution.id, stamp - timedelta(seconds=stall_timeout)
         ):
             resume(execution.id)
             report.resumed.append(execution.id)
     return report
+
+
+def _latest(first: datetime, *others: datetime | None) -> datetime:
+    return max([first, *(moment for moment in others if moment is not None)])
+
+
+def promotable_steps(rows: Sequence[Any], at: datetime | None = None) -> tuple[str, ...]:
+    """Of the ready steps ``rows`` (a resumption's), those a promotion sends again: not
+    one that runs (its worker holds its message), nor one whose retry is not due yet
+    (a copy would run it before its backoff ends)."""
+    stamp = at or now()
+    send = []
+    for row in rows:
+        if row.status == StepStatus.RUNNING:
+            continue
+        due = aware(row.next_attempt_at)
+        if due is not None and due > stamp:
+            continue
+        send.append(row.step_id)
+    return tuple(send)
 
 
 class ReaperThread:

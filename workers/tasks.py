@@ -41,19 +41,30 @@ from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import Store, is_transient, now
 from workers.app import app, app_settings
 from workers.approval_timer import run_timer
-from workers.delegation import Delegation, Delivery, Ledgers, Limits, RetryLater, team_of
+from workers.delegation import (
+    Delegation,
+    Delivery,
+    Ledgers,
+    Limits,
+    RetryLater,
+    TeamContext,
+    team_of,
+)
 from workers.health import run_heartbeat
 from workers.publish import (
+    PROMOTED,
+    Route,
+    Routing,
     TaskMessage,
     approval_due_message,
     delegation_message,
     first_messages,
     publish,
+    route_options,
 )
-from workers.reaper import ReaperThread
+from workers.reaper import ReaperThread, promotable_steps
 from workers.reaper import reap as reap_lost_work
 from workflows.outcome import decide_outcome
-from workflows.plan import ExecutionPlan
 from workflows.runtime_steps import planned_for
 from workflows.scheduling import resumption
 
@@ -69,6 +80,8 @@ class TaskContext:
     store: Store
     records: DelegationRecords
     delegation: Delegation
+    # Which queue and priority number each message gets on this broker.
+    routing: Routing
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskContext:
@@ -83,7 +96,7 @@ class TaskContext:
             prices=settings.prices,
             wake_later=_wake_later,
         )
-        return cls(settings, state, records, runner)
+        return cls(settings, state, records, runner, Routing.for_settings(settings))
 
 
 def _limits(settings: Settings) -> Limits:
@@ -140,11 +153,7 @@ def approval_records() -> ApprovalRecords:
 def _wake_later(execution_id: str, step_id: str, countdown: float) -> None:
     """A join's deadline timer: its message, held by the broker until the deadline (a
     countdown holds no worker slot)."""
-    plan = team_of(records(), execution_id).plan
-    message = delegation_message(
-        execution_id, step_id, _agent_of(plan, step_id), context().settings.queue
-    )
-    _send_later(message, countdown)
+    _send_later(_message(team_of(records(), execution_id), execution_id, step_id, 1), countdown)
 
 
 @after_setup_logger.connect
@@ -163,19 +172,24 @@ def _fresh_connections(**_: Any) -> None:
 
 
 @app.task(name=START_TASK, ignore_result=True)
-def start(execution_id: str, resume: bool = False) -> str:
+def start(execution_id: str, resume: bool = False, promote: bool = False) -> str:
     """Publish the execution's first steps from its recorded plan.
 
     Resuming (the reaper found it stalled), every undecided step whose count is zero
     is sent again with its next attempt, and an execution whose sinks are all decided
-    is finished.
+    is finished. Promoting (its steps waited longer than max_wait), the same steps
+    except those running or waiting for a retry not yet due are sent above every
+    priority.
     """
     shared = context()
     state = shared.records
-    plan = team_of(state, execution_id).plan
-    queue = shared.settings.queue
+    team = team_of(state, execution_id)
+    plan = team.plan
     if not resume:
-        publish(app, first_messages(plan, execution_id, queue))
+        publish(
+            app,
+            first_messages(plan, execution_id, shared.routing, team.agents, team.priority),
+        )
         return execution_id
     rows = state.steps(execution_id)
     found = resumption(plan, rows, now())
@@ -183,13 +197,24 @@ def start(execution_id: str, resume: bool = False) -> str:
         finish_execution(execution_id)
         return execution_id
     by_id = {row.step_id: row for row in rows}
+    send = found.send
+    if promote:
+        send = promotable_steps([by_id[sid] for sid in send])
     publish(
         app,
         [
-            delegation_message(execution_id, sid, by_id[sid].agent, queue, by_id[sid].attempts + 1)
-            for sid in found.send
+            _message(
+                team,
+                execution_id,
+                sid,
+                by_id[sid].attempts + 1,
+                level=PROMOTED if promote else None,
+            )
+            for sid in send
         ],
     )
+    if promote and send:
+        log.info("execution %s: steps %s sent again above every priority", execution_id, list(send))
     return execution_id
 
 
@@ -220,8 +245,17 @@ def delegate(
         # Redelivered: this message's earlier run died, and its attempt with it.
         orphaned_by=orphaned_by or (request.id if redelivered else None),
     )
+    # The queue this message came from, and its priority: what a message sent again in
+    # its place gets. (Embedded, the in-memory transport names no priority.)
+    info = request.delivery_info or {}
+    delivered = Route(str(info.get("routing_key") or settings.queue), info.get("priority"))
     try:
-        retry = run_eagerly(delivery, settings, orphaned_by=request.id if redelivered else None)
+        retry = run_eagerly(
+            delivery,
+            settings,
+            orphaned_by=request.id if redelivered else None,
+            queue=delivered.queue,
+        )
     except Exception as exc:
         if not is_transient(exc) and not _is_broker_error(exc):
             raise
@@ -234,7 +268,7 @@ def delegate(
             execution_id,
             step_id,
             _shadowed_agent(request),
-            settings.queue,
+            delivered,
             attempt,
             orphaned_by=request.id,
         )
@@ -248,7 +282,8 @@ def delegate(
             raise Reject(str(exc), requeue=True) from None
         return
     if retry is not None:
-        # Celery's own retry: the same task id, shown as RETRY in Flower.
+        # Celery's own retry: the same task id, shown as RETRY in Flower, to the same
+        # queue at the same priority (Celery keeps both from the delivered message).
         raise self.retry(
             countdown=retry.countdown,
             kwargs={"attempt": retry.attempt, "previous_delay": retry.previous_delay},
@@ -257,13 +292,15 @@ def delegate(
 
 
 def run_eagerly(
-    delivery: Delivery, settings: Settings, *, orphaned_by: str | None
+    delivery: Delivery, settings: Settings, *, orphaned_by: str | None, queue: str | None = None
 ) -> RetryLater | None:
     """Run the delivered step; then, while the bound allows, one of the steps its
     decision made ready, here, without a broker round trip. Everything else is sent.
+    Only a step whose agent's queue is ``queue`` (the one the message came from, which
+    this worker serves) runs here: another's runs where its queue is served.
     Returns the delivered step's own retry, for Celery's ``self.retry``."""
     runner = delegation()
-    queue = settings.queue
+    queue = queue or settings.queue
     held_since = time.monotonic()
     # With task events on from the start (TROUPE_TASK_EVENTS), every delegation is
     # published, so Flower lists each as a task of its own.
@@ -286,7 +323,9 @@ def run_eagerly(
             # The step waits for a person, holding nothing: this timer wakes it at the
             # approval's timeout (in hops, if that is beyond the broker's bound).
             _send_later(
-                approval_due_message(delivery.execution_id, delivery.step_id, queue),
+                approval_due_message(
+                    delivery.execution_id, delivery.step_id, context().routing.own
+                ),
                 outcome.wake_in,
             )
         if outcome.ended and not outcome.finalized:
@@ -297,9 +336,8 @@ def run_eagerly(
             retry = outcome.retry
             if delivery is first:
                 return retry
-            message = delegation_message(
-                delivery.execution_id, delivery.step_id, _agent(delivery), queue, retry.attempt
-            )
+            team = team_of(records(), delivery.execution_id)
+            message = _message(team, delivery.execution_id, delivery.step_id, retry.attempt)
             if retry.previous_delay is not None:
                 message.kwargs["previous_delay"] = retry.previous_delay
             _send_later(message, retry.countdown)
@@ -311,10 +349,11 @@ def run_eagerly(
             and time.monotonic() - held_since < settings.eager_window
             and outcome.retry is None
         ):
-            eager = send.pop()
-            eager_left -= 1
+            eager = _take_eager(send, delivery.execution_id, queue)
+            if eager is not None:
+                eager_left -= 1
         if send:
-            publish(app, _messages(delivery.execution_id, send, queue, orphaned_by))
+            publish(app, _messages(delivery.execution_id, send, orphaned_by))
         if eager is None:
             return None
         delivery = Delivery(
@@ -328,23 +367,42 @@ def run_eagerly(
 
 
 def _messages(
-    execution_id: str, send: list[tuple[str, int]], queue: str, orphaned_by: str | None
+    execution_id: str, send: list[tuple[str, int]], orphaned_by: str | None
 ) -> list[TaskMessage]:
-    plan = team_of(records(), execution_id).plan
+    team = team_of(records(), execution_id)
     return [
-        delegation_message(
-            execution_id, sid, _agent_of(plan, sid), queue, attempt, orphaned_by=orphaned_by
-        )
-        for sid, attempt in send
+        _message(team, execution_id, sid, attempt, orphaned_by=orphaned_by) for sid, attempt in send
     ]
 
 
-def _agent_of(plan: ExecutionPlan, step_id: str) -> str:
-    return planned_for(plan, step_id).agent
+def _message(
+    team: TeamContext,
+    execution_id: str,
+    step_id: str,
+    attempt: int,
+    *,
+    level: str | None = None,
+    orphaned_by: str | None = None,
+) -> TaskMessage:
+    """A step's delegation: to its agent's queue, at the execution's priority (or
+    ``level``)."""
+    agent = planned_for(team.plan, step_id).agent
+    route = context().routing.step(team.agents.get(agent), level or team.priority)
+    return delegation_message(execution_id, step_id, agent, route, attempt, orphaned_by=orphaned_by)
 
 
-def _agent(delivery: Delivery) -> str:
-    return _agent_of(team_of(records(), delivery.execution_id).plan, delivery.step_id)
+def _take_eager(
+    send: list[tuple[str, int]], execution_id: str, queue: str
+) -> tuple[str, int] | None:
+    """Remove from ``send`` the last step whose agent's queue is ``queue``, to run it
+    here; None if every one belongs to another queue."""
+    team = team_of(records(), execution_id)
+    routing = context().routing
+    for index in range(len(send) - 1, -1, -1):
+        agent = planned_for(team.plan, send[index][0]).agent
+        if routing.queue_of(team.agents.get(agent)) == queue:
+            return send.pop(index)
+    return None
 
 
 def _shadowed_agent(request: Any) -> str:
@@ -369,7 +427,6 @@ def approval_due(self: Task, execution_id: str, step_id: str) -> None:
     by the broker's redelivery bound); due and still undecided, its ``on_timeout`` is
     recorded (decided by "timeout") and the step is sent on. Decided already: nothing,
     its decider sent the step on."""
-    settings = context().settings
     try:
         outcome = run_timer(
             records(),
@@ -379,12 +436,12 @@ def approval_due(self: Task, execution_id: str, step_id: str) -> None:
             delegation().limits.max_countdown,
         )
         if outcome.rearm is not None:
-            _send_later(approval_due_message(execution_id, step_id, settings.queue), outcome.rearm)
+            own = context().routing.own
+            _send_later(approval_due_message(execution_id, step_id, own), outcome.rearm)
         if outcome.send is not None:
-            agent, attempt = outcome.send
-            publish(
-                app, [delegation_message(execution_id, step_id, agent, settings.queue, attempt)]
-            )
+            _, attempt = outcome.send
+            team = team_of(records(), execution_id)
+            publish(app, [_message(team, execution_id, step_id, attempt)])
     except Exception as exc:
         if not is_transient(exc) and not _is_broker_error(exc):
             raise
@@ -460,18 +517,33 @@ def reap() -> dict[str, Any]:
 def reap_once() -> dict[str, Any]:
     shared = context()
     settings = shared.settings
+    # Resuming and promoting are Troupe's own tasks: sent above every delegation, so a
+    # backlog does not hold them back.
+    own = route_options(shared.routing.own)
+
+    def resume(execution_id: str, promote: bool = False) -> None:
+        kwargs = {"resume": True, "promote": True} if promote else {"resume": True}
+        publish(app, [TaskMessage(START_TASK, (execution_id,), kwargs, own)])
+
     report = reap_lost_work(
         MaintenanceRecords(shared.store),
         lease_ttl=settings.lease_ttl,
         stall_timeout=settings.stall_timeout,
-        resume=lambda execution_id: publish(
-            app,
-            [TaskMessage(START_TASK, (execution_id,), {"resume": True}, {"queue": settings.queue})],
-        ),
+        resume=resume,
+        max_wait=settings.max_wait,
+        promote=lambda execution_id: resume(execution_id, promote=True),
     )
     if report.lost_attempts or report.resumed:
         log.warning("reaper: lost attempts %s; resumed %s", report.lost_attempts, report.resumed)
-    return {"lost_attempts": len(report.lost_attempts), "resumed": report.resumed}
+    if report.promoted:
+        log.warning(
+            "reaper: promoted %s (their steps waited %gs)", report.promoted, settings.max_wait
+        )
+    return {
+        "lost_attempts": len(report.lost_attempts),
+        "resumed": report.resumed,
+        "promoted": report.promoted,
+    }
 
 
 __all__ = ["approval_due", "delegate", "finalize", "finish_execution", "heartbeat", "reap", "start"]

@@ -14,6 +14,7 @@ from orchestration.cli.render import ProgressPrinter, print_attempts, print_plan
 from orchestration.client.report import ExecutionReport
 from orchestration.client.team import Team, execution
 from orchestration.errors import ApprovalRefused, WaitTimeout
+from orchestration.priorities import Priority
 from orchestration.spec import Budget
 
 
@@ -53,6 +54,11 @@ def _exit_code(report: ExecutionReport) -> int:
     type=click.IntRange(min=1, max=10**15),
     help="Budget of this run in tokens, in + out (replaces the team file's).",
 )
+@click.option(
+    "--priority",
+    type=click.Choice([p.value for p in Priority]),
+    help="This run's priority (replaces the team file's; default normal).",
+)
 @pass_invocation
 def run_team(
     invocation: Invocation,
@@ -64,6 +70,7 @@ def run_team(
     timeout: float | None,
     max_cost_usd: float | None,
     max_tokens: int | None,
+    priority: str | None,
 ) -> int:
     """Run TEAM_FILE and wait for its result."""
     input_value = _parse_input(input_text, input_json)
@@ -81,7 +88,9 @@ def run_team(
     console = Console(stderr=as_json, highlight=False)
     for agent, state in team.open_breakers(runtime).items():
         click.echo(f"warning: agent {agent!r} circuit breaker is {state}", err=True)
-    handle = team.enqueue(input_value, check_worker=not no_wait, budget=budget, runtime=runtime)
+    handle = team.enqueue(
+        input_value, check_worker=not no_wait, budget=budget, priority=priority, runtime=runtime
+    )
     if no_wait:
         click.echo(
             json.dumps({"execution_id": handle.execution_id}) if as_json else handle.execution_id

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from orchestration.cli import exit_codes
 from orchestration.cli.invocation import Invocation, pass_invocation
 from orchestration.settings import Settings
+from orchestration.spec import MAX_QUEUE_NAME, QUEUE_PATTERN
 from orchestration.store.database import ensure_schema, schema_is_current, upgrade_schema
 
 
@@ -23,6 +26,12 @@ def _require_broker(settings: Settings, command: str) -> None:
 @click.option("--pool", default="prefork", show_default=True)
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("-n", "--hostname", help="Worker node name.")
+@click.option(
+    "-Q",
+    "--queues",
+    help="Queues to serve, comma-separated: those agents name in `queue:` "
+    "(default: Troupe's queue, TROUPE_QUEUE).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_invocation
 def worker(
@@ -31,11 +40,13 @@ def worker(
     pool: str,
     loglevel: str,
     hostname: str | None,
+    queues: str | None,
     celery_args: tuple[str, ...],
 ) -> int:
     """Start a Celery worker that runs delegations."""
     settings = invocation.settings
     _require_broker(settings, "worker")
+    served = _queues(queues, settings)
     ensure_schema(settings.effective_database_url, auto_upgrade=False)
     from workers.app import app, configure_app
 
@@ -45,7 +56,7 @@ def worker(
     argv = [
         "worker",
         f"--loglevel={loglevel}",
-        f"--queues={settings.queue}",
+        f"--queues={','.join(served)}",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--pool={pool}",
     ]
@@ -55,6 +66,24 @@ def worker(
         argv.append(f"--hostname={hostname}")
     app.worker_main([*argv, *celery_args])
     return exit_codes.COMPLETED
+
+
+def _queues(option: str | None, settings: Settings) -> list[str]:
+    """The queues named by ``--queues``, checked as team files check an agent's."""
+    if option is None:
+        return [settings.queue]
+    names = [name.strip() for name in option.split(",") if name.strip()]
+    if not names:
+        raise click.UsageError("--queues names no queue")
+    for name in names:
+        valid = len(name) <= MAX_QUEUE_NAME and re.fullmatch(QUEUE_PATTERN, name)
+        # Troupe's own queue is served under whatever name it was given.
+        if not valid and name != settings.queue:
+            raise click.UsageError(
+                f"--queues: {name!r} is not a queue name (letters, digits, '_', '.', '-'; "
+                f"at most {MAX_QUEUE_NAME} characters)"
+            )
+    return list(dict.fromkeys(names))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -11,12 +11,14 @@ importing Troupe reads nothing and connects to nothing.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestration.client.handle import ExecutionHandle
 from orchestration.errors import NoWorkerError
 from orchestration.settings import Settings
+from orchestration.spec import TeamSpec
 from orchestration.store.database import ensure_schema
 from orchestration.store.executions import ExecutionRecords
 from orchestration.store.memory import MemoryRecords
@@ -62,8 +64,10 @@ class Runtime:
             app=app,
         )
 
-    def ensure_worker(self) -> None:
-        """Embedded: start the in-process worker. Distributed: check that one answers."""
+    def ensure_worker(self, queues: Iterable[str] = ()) -> None:
+        """Embedded: start the in-process worker (it serves every queue).
+        Distributed: check that some worker consumes Troupe's queue and each of
+        ``queues`` (those a team's agents name)."""
         if self.settings.embedded:
             if self.worker is None:
                 from workers.embedded import EmbeddedWorker
@@ -73,23 +77,35 @@ class Runtime:
                 )
             self.worker.start()
             return
-        if not self.workers_answering():
+        wanted = [self.settings.queue, *(q for q in queues if q != self.settings.queue)]
+        missing = self.unserved(wanted)
+        if self.settings.queue in missing:
             raise NoWorkerError(
                 f"no worker answers on {self.safe_broker_url()} (queue "
                 f"{self.settings.queue!r}); start one with `python manage.py worker`"
             )
+        if missing:
+            names = ",".join(missing)
+            raise NoWorkerError(
+                f"no worker on {self.safe_broker_url()} serves queue(s) {names} that this "
+                f"team's agents name; start one with `python manage.py worker --queues {names}`"
+            )
 
     def workers_answering(self, timeout: float = 1.5) -> bool:
-        """Does some worker consume our queue? Any worker on the broker answers a ping,
-        whatever it consumes, so ask for queues; the first reply usually settles it."""
+        """Does some worker consume our queue?"""
+        return not self.unserved([self.settings.queue], timeout)
+
+    def unserved(self, queues: list[str], timeout: float = 1.5) -> list[str]:
+        """Those of ``queues`` no worker consumes. Any worker on the broker answers a
+        ping, whatever it consumes, so ask for queues; the first reply usually settles
+        it."""
         control = self.app.control
         first = control.broadcast("active_queues", reply=True, limit=1, timeout=timeout)
-        if _consumes(first, self.settings.queue):
-            return True
-        if not first:
-            return False
+        missing = [queue for queue in queues if not _consumes(first, queue)]
+        if not missing or not first:
+            return missing
         everyone = control.broadcast("active_queues", reply=True, timeout=1.0)
-        return _consumes(everyone, self.settings.queue)
+        return [queue for queue in missing if not _consumes(everyone, queue)]
 
     def revoke(self, task_ids: list[str]) -> None:
         # Revoked ids live only in running workers' memory; the database check each
@@ -118,9 +134,12 @@ class Runtime:
         return None
 
     def send_step(self, execution_id: str, step_id: str, agent: str, attempt: int) -> None:
-        from workers.publish import delegation_message, publish
+        from workers.publish import Routing, delegation_message, publish
 
-        message = delegation_message(execution_id, step_id, agent, self.settings.queue, attempt)
+        # To the agent's queue, at the execution's priority: both are in its stored spec.
+        spec = TeamSpec.model_validate(self.executions.execution(execution_id).spec)
+        route = Routing.for_settings(self.settings).step(spec.agents.get(agent), spec.priority)
+        message = delegation_message(execution_id, step_id, agent, route, attempt)
         publish(self.app, [message])
 
     def safe_broker_url(self) -> str:

@@ -10,6 +10,7 @@ from orchestration.agents.identity import agent_identity
 from orchestration.client.handle import ExecutionHandle
 from orchestration.client.report import ExecutionReport
 from orchestration.client.runtime import Runtime, default_settings, get_runtime
+from orchestration.priorities import Priority
 from orchestration.resilience.breaker import CLOSED
 from orchestration.settings import Settings
 from orchestration.spec import Budget, TeamSpec
@@ -63,30 +64,50 @@ class Team:
         *,
         check_worker: bool = True,
         budget: Budget | None = None,
+        priority: Priority | str | None = None,
         runtime: Runtime | None = None,
     ) -> ExecutionHandle:
         """Record the execution, then publish its first steps. Returns at once.
 
         ``budget`` replaces the team's limits it gives (each of cost and tokens);
+        ``priority`` (critical, high, normal, low) replaces the team's for this run;
         ``runtime``: where to run it, by default the process's (``get_runtime``)."""
         runtime = runtime or get_runtime()
+        level = self.spec.priority if priority is None else Priority(priority)
         if check_worker:
-            runtime.ensure_worker()
+            runtime.ensure_worker(self.queues)
         execution_id = str(uuid.uuid4())
         spec, digest = self._spec_json()
         AgentRegistry(runtime.store).register_agents(self.name, spec["agents"])
+        # Workers read an execution's budget and priority (which every message of the
+        # execution carries) from its stored spec.
+        changes: dict[str, Any] = {}
         effective = (self.spec.budget or Budget()).merged(budget)
         if effective != self.spec.budget and effective != Budget():
-            # Workers read an execution's budget from its stored spec.
-            spec = {**spec, "budget": effective.model_dump(mode="json")}
+            changes["budget"] = effective.model_dump(mode="json")
+        if level is not self.spec.priority:
+            changes["priority"] = level.value
+        if changes:
+            spec = {**spec, **changes}
             digest = spec_digest(spec)
         runtime.executions.create_execution(
             execution_id, spec, self.plan, input, digest, budget=effective
         )
-        from workers.publish import first_messages, publish
+        from workers.publish import Routing, first_messages, publish
 
-        publish(runtime.app, first_messages(self.plan, execution_id, runtime.settings.queue))
+        routing = Routing.for_settings(runtime.settings)
+        publish(
+            runtime.app,
+            first_messages(self.plan, execution_id, routing, self.spec.agents, level),
+        )
         return runtime.handle(execution_id)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues its agents name (those of agents naming none: the runtime's)."""
+        return tuple(
+            sorted({agent.queue for agent in self.spec.agents.values() if agent.queue is not None})
+        )
 
     def _spec_json(self) -> tuple[dict[str, Any], str]:
         # The spec never changes: serialise and digest it once per Team.
@@ -115,10 +136,11 @@ class Team:
         timeout: float | None = None,
         *,
         budget: Budget | None = None,
+        priority: Priority | str | None = None,
         runtime: Runtime | None = None,
     ) -> ExecutionReport:
         """Enqueue and wait for the result."""
-        return self.enqueue(input, budget=budget, runtime=runtime).wait(timeout)
+        return self.enqueue(input, budget=budget, priority=priority, runtime=runtime).wait(timeout)
 
 
 def execution(execution_id: str, *, runtime: Runtime | None = None) -> ExecutionHandle:

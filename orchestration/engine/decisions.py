@@ -78,13 +78,15 @@ class AttemptState:
 
 @dataclass(frozen=True)
 class Redrive:
-    """The step was decided already (a redelivered or duplicate message): send on
-    whatever its decision made ready, in case the copy that decided it died first."""
+    """The step was decided already, and this message may have run before (it was
+    delivered again, or sent again by Troupe after its run failed): send on whatever
+    the decision made ready, in case its run died before sending it."""
 
 
 @dataclass(frozen=True)
 class Stale:
-    """A copy of an attempt that ended: its successor was queued separately."""
+    """A copy of an attempt that ended (its successor was queued separately), or of a
+    step another message decided (that message sends on what it made ready)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,14 @@ def decide(view: View) -> Decision | approvals.GateDecision:
     row, step = view.row, view.step
     is_item = row.step_id != step.id
     if row.status in STEP_FINAL:
+        if view.orphaned_by is None:
+            # A message delivered for the first time cannot be the one whose run
+            # decided the step: it is a copy (the earlier message of a step the reaper
+            # promoted, or the promoted one; a resumption's, a re-drive's). The run that
+            # decided the step sent on what it made ready, or died and its own message,
+            # delivered again, re-drives. So a copy sends nothing: copies re-driving
+            # each other would chase the execution to its end.
+            return Stale()
         return Redrive()
     if view.execution_status == ExecutionStatus.CANCELLED:
         return Decide(StepStatus.CANCELLED, None, "execution cancelled")

@@ -1,5 +1,5 @@
 """The reaper's records: attempts whose lease expired, unfinished executions and their
-last activity, and the claim that lets one reaper resume an execution."""
+last activity, and the claims that let one reaper resume or promote an execution."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ from orchestration.store.repository import (
     now,
     plain_update,
 )
+
+
+@dataclass(frozen=True)
+class AttemptActivity:
+    # An attempt without an end.
+    running: bool
+    # The latest start, end or lease renewal of an attempt.
+    latest: datetime | None
+    # The latest start or end: lease renewals left out (a step that runs long does not
+    # make the steps waiting beside it any less stuck).
+    latest_event: datetime | None
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,7 @@ class MaintenanceRecords:
         return mark_lost(self._store, execution_id, step_id, attempt)
 
     @_retrying
-    def attempt_activity(self, execution_id: str) -> tuple[bool, datetime | None]:
-        """(Has an attempt without an end?, the latest start, end or lease renewal.)"""
+    def attempt_activity(self, execution_id: str) -> AttemptActivity:
         with self._store.session() as session:
             row = session.execute(
                 select(
@@ -84,8 +94,13 @@ class MaintenanceRecords:
                     func.max(AttemptRow.heartbeat_at),
                 ).where(AttemptRow.execution_id == execution_id)
             ).one()
-        moments = [_aware(value) for value in row[1:] if value is not None]
-        return bool(row[0]), max(moments) if moments else None
+        events = [_aware(value) for value in row[1:3] if value is not None]
+        moments = [*events, *([_aware(row[3])] if row[3] is not None else [])]
+        return AttemptActivity(
+            running=bool(row[0]),
+            latest=max(moments) if moments else None,
+            latest_event=max(events) if events else None,
+        )
 
     @_retrying
     def unfinished_executions(self) -> list[ExecutionRow]:
@@ -146,5 +161,23 @@ class MaintenanceRecords:
                     or_(ExecutionRow.resumed_at.is_(None), ExecutionRow.resumed_at < not_since),
                 )
                 .values(resumed_at=now())
+            )
+            return bool(claimed.rowcount)
+
+    @_retrying
+    def claim_promotion(self, execution_id: str, not_since: datetime) -> bool:
+        """Record that this reaper promotes the execution's waiting steps, unless one
+        did after ``not_since``. Its own column, not ``resumed_at``: a stall's
+        resumption, sent at the execution's own priority, must not put off the
+        promotion that bounds its wait."""
+        with self._store.engine.begin() as connection:
+            claimed = connection.execute(
+                plain_update(ExecutionRow)
+                .where(
+                    ExecutionRow.id == execution_id,
+                    ExecutionRow.status.not_in(EXECUTION_FINAL),
+                    or_(ExecutionRow.promoted_at.is_(None), ExecutionRow.promoted_at < not_since),
+                )
+                .values(promoted_at=now())
             )
             return bool(claimed.rowcount)

@@ -52,6 +52,9 @@ class ExecutionRow(Base):
     cancel_requested_at: Mapped[datetime | None]
     # When a reaper last resumed it (compare-and-set: one reaper at a time).
     resumed_at: Mapped[datetime | None]
+    # When a reaper last sent its waiting steps again above every priority, because
+    # nothing of it had started or ended for max_wait (compare-and-set, likewise).
+    promoted_at: Mapped[datetime | None]
     # The budget (None: no limit), and what calls spent plus what calls in flight hold
     # reserved: a reservation is one conditional UPDATE of this row.
     max_cost_usd: Mapped[float | None] = mapped_column(Float)
