@@ -33,13 +33,24 @@ def cli(context: click.Context) -> None:
 
 
 def _register() -> None:
-    from orchestration.cli import agent_commands, execution_commands, process_commands
+    from orchestration.cli import (
+        agent_commands,
+        execution_commands,
+        history_commands,
+        process_commands,
+    )
 
     for command in (
         execution_commands.run_team,
         execution_commands.status,
         execution_commands.validate,
         execution_commands.stop,
+        history_commands.executions,
+        history_commands.logs,
+        history_commands.audit,
+        history_commands.metrics,
+        history_commands.report,
+        history_commands.purge,
         agent_commands.breakers,
         agent_commands.agents,
         process_commands.worker,
