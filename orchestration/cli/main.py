@@ -38,6 +38,7 @@ def _register() -> None:
         execution_commands,
         history_commands,
         process_commands,
+        retry_commands,
     )
 
     for command in (
@@ -45,6 +46,8 @@ def _register() -> None:
         execution_commands.status,
         execution_commands.validate,
         execution_commands.stop,
+        retry_commands.retry,
+        retry_commands.watch,
         history_commands.executions,
         history_commands.logs,
         history_commands.audit,
