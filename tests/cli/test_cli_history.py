@@ -238,15 +238,12 @@ def test_purge_deletes_only_finished_executions_past_the_age(tmp_path: Path) -> 
 def test_bad_arguments_get_one_line_and_exit_2(seeded: tuple[dict[str, str], History]) -> None:
     env, _ = seeded
     cases: list[tuple[list[str], tuple[str, ...]]] = [
-        (["executions", "--limit", "0"], ("--limit",)),
         (["executions", "--since", "last tuesday"], ("--since", "neither a duration")),
         (["logs", UNKNOWN], (f"no execution with id {UNKNOWN!r}",)),
         (["audit", "export", "--format", "xml"], ("--format", "xml")),
         (["audit", "export", "--since", "1h", "--until", "2h"], ("--since must be before",)),
-        (["metrics", "--since", "soon"], ("--since",)),
         (["report", "--since", "2999-01-01"], ("--since must be in the past",)),
         (["purge"], ("--older-than",)),
-        (["purge", "--older-than", "0d"], ("more than 0",)),
     ]
     results = run_many([args for args, _needles in cases], env)
     for (_args, needles), result in zip(cases, results, strict=True):
