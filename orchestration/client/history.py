@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -30,11 +30,16 @@ from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.history import HistoryRecords, Spent
 from orchestration.store.models import ExecutionRow, StepRow
-from orchestration.store.repository import _aware, now
+from orchestration.store.repository import now
 from workflows.plan import build_plan
 
 # A failure report reads at most this many of the window's latest failures.
 REPORT_FAILURES = 20_000
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything Troupe writes is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _when(value: datetime | None) -> str | None:

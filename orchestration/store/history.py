@@ -84,7 +84,6 @@ class Spent:
     tokens_out: int = 0
     cost_usd: float = 0.0
     unpriced: int = 0
-    reported: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,7 +221,6 @@ class HistoryRecords:
                 func.sum(_tokens_out()),
                 func.sum(_cost()),
                 _unpriced(),
-                func.count(_tokens_in()),
             )
             .where(AttemptRow.execution_id.in_(list(ids)))
             .group_by(AttemptRow.execution_id)
@@ -344,7 +342,6 @@ class HistoryRecords:
             func.sum(_tokens_out()),
             func.sum(_cost()),
             _unpriced(),
-            func.count(_tokens_in()),
         ]
         postgres = self.dialect == "postgresql"
         if postgres:
@@ -370,7 +367,7 @@ class HistoryRecords:
         found = []
         for row in rows:
             key = (row[0], row[1], row[2])
-            p50, p95 = (row[16], row[17]) if postgres else percentiles.get(key, (None, None))
+            p50, p95 = (row[15], row[16]) if postgres else percentiles.get(key, (None, None))
             found.append(
                 GroupStats(
                     team=row[0],
@@ -386,7 +383,7 @@ class HistoryRecords:
                     mean_ms=None if row[10] is None else float(row[10]),
                     p50_ms=None if p50 is None else float(p50),
                     p95_ms=None if p95 is None else float(p95),
-                    spent=_spent(row[11:16]),
+                    spent=_spent(row[11:15]),
                 )
             )
         return found
@@ -585,13 +582,12 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
 
 
 def _spent(values: Sequence[Any]) -> Spent:
-    tokens_in, tokens_out, cost, unpriced, reported = values
+    tokens_in, tokens_out, cost, unpriced = values
     return Spent(
         tokens_in=int(tokens_in or 0),
         tokens_out=int(tokens_out or 0),
         cost_usd=float(cost or 0.0),
         unpriced=int(unpriced or 0),
-        reported=int(reported or 0),
     )
 
 
