@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -105,46 +105,51 @@ class Export:
     returncode: int
 
 
-def export(env: dict[str, str], *args: str) -> Export:
+# Runs the command and writes its peak resident set size (KiB) to the file argv[1]. The
+# measuring is done from this small process, not from pytest: a child's ru_maxrss counts
+# the memory of the process it was forked from until it execs, and pytest is large.
+_MEASURE = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as peak:
+    peak.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def export(env: dict[str, str], peak_file: Path, *args: str) -> Export:
     """`audit export ARGS`, its output counted as it streams, and its peak resident set
-    size as the kernel accounted it (wait4's rusage of that one child)."""
+    size as the kernel accounted it (wait4's rusage of that one process)."""
     process = subprocess.Popen(
-        [PYTHON, str(MANAGE), "audit", "export", *args],
+        [PYTHON, "-c", _MEASURE, str(peak_file), PYTHON, str(MANAGE), "audit", "export", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
     assert process.stdout is not None
-    stream = process.stdout
-    counted = {"lines": 0, "first": b"", "tail": b""}
-
-    def read() -> None:
-        with stream:
-            for line in stream:
-                if not counted["lines"]:
-                    counted["first"] = line
-                counted["lines"] = int(counted["lines"]) + 1  # type: ignore[call-overload]
-                counted["tail"] = line
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    reader.join(60)
+    lines, first, last = 0, b"", b""
+    with process.stdout as stream:
+        for line in stream:
+            if not lines:
+                first = line
+            lines += 1
+            last = line
+    returncode = process.wait(60)
     return Export(
-        lines=int(counted["lines"]),  # type: ignore[call-overload]
-        first=bytes(counted["first"]),  # type: ignore[arg-type]
-        last=bytes(counted["tail"]),  # type: ignore[arg-type]
-        peak_rss_mb=usage.ru_maxrss / 1024,  # kilobytes on Linux
-        returncode=process.returncode,
+        lines=lines,
+        first=first,
+        last=last,
+        peak_rss_mb=int(peak_file.read_text()) / 1024,  # KiB on Linux
+        returncode=returncode,
     )
 
 
-def test_audit_export_streams_100k_attempts_in_bounded_memory(bulk: Bulk) -> None:
+def test_audit_export_streams_100k_attempts_in_bounded_memory(bulk: Bulk, tmp_path: Path) -> None:
     until_10k = (bulk.base + timedelta(milliseconds=SPACING_MS * 10_000 + 5)).isoformat()
-    small = export(bulk.env, "--until", until_10k)
-    large = export(bulk.env)
+    small = export(bulk.env, tmp_path / "small", "--until", until_10k)
+    large = export(bulk.env, tmp_path / "large")
     print(
         f"\naudit export peak RSS: {small.lines:,} attempts {small.peak_rss_mb:.1f} MB, "
         f"{large.lines:,} attempts {large.peak_rss_mb:.1f} MB"
