@@ -10,7 +10,8 @@ from rich.console import Console
 
 from orchestration.cli import exit_codes
 from orchestration.cli.invocation import Invocation, pass_invocation
-from orchestration.cli.render import ProgressPrinter, print_attempts, print_plan, print_result
+from orchestration.cli.live import follow
+from orchestration.cli.render import print_attempts, print_plan, print_result
 from orchestration.client.report import ExecutionReport
 from orchestration.client.team import Team, execution
 from orchestration.errors import ApprovalRefused, WaitTimeout
@@ -101,9 +102,9 @@ def run_team(
             f"execution {handle.execution_id} of team {team.name!r} "
             f"({'embedded' if settings.embedded else 'distributed'})"
         )
-    progress = None if as_json else ProgressPrinter(console, embedded=settings.embedded)
     try:
-        report = handle.wait(timeout=timeout, on_progress=progress)
+        # On a terminal a live table of the steps, else a line per change.
+        report = follow(handle, console, timeout=timeout, quiet=as_json, embedded=settings.embedded)
     except (WaitTimeout, KeyboardInterrupt) as exc:
         if settings.embedded:
             # The worker dies with this process: record that the run stops here.

@@ -38,7 +38,9 @@ def _register() -> None:
         agent_commands,
         context_commands,
         execution_commands,
+        history_commands,
         process_commands,
+        retry_commands,
     )
 
     for command in (
@@ -49,6 +51,14 @@ def _register() -> None:
         execution_commands.approve,
         context_commands.context,
         context_commands.messages,
+        retry_commands.retry,
+        retry_commands.watch,
+        history_commands.executions,
+        history_commands.logs,
+        history_commands.audit,
+        history_commands.metrics,
+        history_commands.report,
+        history_commands.purge,
         agent_commands.breakers,
         agent_commands.agents,
         process_commands.worker,

@@ -10,7 +10,7 @@ shares its breaker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ from orchestration.resilience.breaker import (
     after_probe,
 )
 from orchestration.spec import BreakerPolicy
-from orchestration.store.models import BreakerRow
+from orchestration.store.models import BreakerEventRow, BreakerRow
 from orchestration.store.repository import Store, _retrying, now, plain_update
 
 _CAS_ATTEMPTS = 50
@@ -68,6 +68,14 @@ def _snapshot(row: BreakerRow) -> BreakerSnapshot:
         probe_failures=row.probe_failures,
         last_error=row.last_error,
     )
+
+
+def _event(key: str, at: datetime, before: str, after: BreakerSnapshot) -> BreakerEventRow:
+    """The history row of a change of state, added in the change's own transaction: the
+    breaker's row keeps only its latest state, and a breaker that keeps opening is what
+    `report` looks for. Changes of state are rare, so the hot path pays nothing more."""
+    reason = after.last_error[:2000] if after.state == OPEN and after.last_error else None
+    return BreakerEventRow(key=key, at=at, from_state=before, to_state=after.state, reason=reason)
 
 
 def _values(snapshot: BreakerSnapshot) -> dict[str, Any]:
@@ -129,6 +137,8 @@ class BreakerStore:
                         )
                     )
                     if moved.rowcount:  # type: ignore[attr-defined]
+                        trial = replace(_snapshot(row), state=HALF_OPEN)
+                        session.add(_event(key, stamp, OPEN, trial))
                         return Admission(allowed=True, trial=True, state=HALF_OPEN)
                     continue
                 # HALF_OPEN: claim one of the trial slots, atomically. A slot held longer
@@ -249,6 +259,8 @@ class BreakerStore:
                             )
                     except IntegrityError:
                         continue
+                    if new.state != CLOSED:
+                        session.add(_event(key, stamp, CLOSED, new))
                     return str(new.state)
                 old = _snapshot(row)
                 new = change(old)
@@ -260,5 +272,7 @@ class BreakerStore:
                     .values(version=row.version + 1, updated_at=stamp, **_values(new))
                 )
                 if done.rowcount:  # type: ignore[attr-defined]
+                    if new.state != old.state:
+                        session.add(_event(key, stamp, old.state, new))
                     return str(new.state)
         raise RuntimeError(f"breaker {key!r}: too much contention")  # pragma: no cover

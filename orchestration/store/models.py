@@ -31,6 +31,8 @@ class Base(DeclarativeBase):
 
 class ExecutionRow(Base):
     __tablename__ = "troupe_executions"
+    # `executions` lists the latest first; `purge` finds the old ones.
+    __table_args__ = (Index("ix_troupe_executions_created_at", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     team: Mapped[str] = mapped_column(String(200))
@@ -63,6 +65,9 @@ class ExecutionRow(Base):
     committed_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Batches of shared-memory writes applied so far: a version of the whole memory.
     memory_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The execution this one retries (`manage.py retry`): an id, not a foreign key, so
+    # purging the old one leaves the link as a name.
+    retry_of: Mapped[str | None] = mapped_column(String(36), index=True)
 
 
 class StepRow(Base):
@@ -109,6 +114,8 @@ class AttemptRow(Base):
     __table_args__ = (
         UniqueConstraint("execution_id", "step_id", "attempt", name="uq_troupe_attempt"),
         Index("ix_troupe_attempts_agent_started", "agent", "started_at"),
+        # Windows of attempts by time (audit export pages through it by (started_at, id)).
+        Index("ix_troupe_attempts_started", "started_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -155,6 +162,21 @@ class BreakerRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime]
+
+
+class BreakerEventRow(Base):
+    """A change of a breaker's state, written with the change: the breaker's row holds
+    only its latest state, and `report` needs to see one that keeps opening."""
+
+    __tablename__ = "troupe_breaker_events"
+    __table_args__ = (Index("ix_troupe_breaker_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime]
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class AgentRow(Base):
