@@ -145,3 +145,13 @@ class HandoffRefused(PermanentAgentError):
 
 class AskFailed(PermanentAgentError):
     """An agent asked another (``call.ask``), which did not answer: its step failed."""
+
+
+class CapacityUnavailable(AgentError):
+    """The step waited for capacity (its agent's limits, its endpoints, its key's
+    executions) and its deadline would pass before any is expected: it was not called."""
+
+
+class LimitsUnavailable(PermanentAgentError):
+    """The agent declares endpoints or limits, which are counted in Redis, and the
+    deployment has none (its broker is not Redis and TROUPE_REDIS_URL is not set)."""

@@ -1,0 +1,171 @@
+"""The cluster-wide limiter: counts kept in Redis, each step one Lua script (one round
+trip, atomic for every worker process and host). The rules are in ``scripts``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from orchestration.limits.demand import (
+    Demand,
+    EndpointStats,
+    Grant,
+    LimiterOutage,
+    Settlement,
+    Wait,
+)
+from orchestration.limits.scripts import ACQUIRE, END_EXECUTION, RELEASE, RENEW, STATS
+
+log = logging.getLogger("troupe.limits")
+
+PREFIX = "troupe:cap:"
+# How long the step's next attempt avoids the endpoint its attempt failed on: longer
+# than any retry delay a policy may set (RetryPolicy.max_delay is at most a day).
+AVOID_MS = 86_400_000
+# A call to Redis that takes longer is an outage: the delegation goes back to the
+# broker rather than hold its worker's slot.
+SOCKET_TIMEOUT = 5.0
+
+
+class RedisLimiter:
+    def __init__(self, url: str, prefix: str = PREFIX) -> None:
+        self.url = url
+        self._prefix = prefix
+        # redis-py's pool is thread-safe and starts afresh in a forked child.
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+        )
+        self._acquire = self._client.register_script(ACQUIRE)
+        self._release = self._client.register_script(RELEASE)
+        self._renew = self._client.register_script(RENEW)
+        self._end = self._client.register_script(END_EXECUTION)
+        self._stats = self._client.register_script(STATS)
+
+    def acquire(self, demand: Demand) -> Grant | Wait:
+        document: dict[str, Any] = {
+            "p": self._prefix,
+            "h": demand.holder,
+            "s": demand.step,
+            "tok": demand.token,
+            "lease": demand.lease_ms,
+            "route": demand.routing,
+            "g": demand.group,
+            "gm": demand.group_max_concurrency,
+            "gr": demand.group_ms_per_request,
+            "gt": demand.group_ms_per_token,
+            "n": demand.tokens,
+            "dl": demand.default_latency_ms,
+            "c": [
+                {
+                    "i": c.index,
+                    "id": c.identity,
+                    "w": c.weight,
+                    "m": c.max_concurrency,
+                    "r": c.ms_per_request,
+                    "t": c.ms_per_token,
+                }
+                for c in demand.candidates
+            ],
+        }
+        fair = demand.fair
+        if fair is not None:
+            document["f"] = {
+                "k": fair.key,
+                "m": fair.max,
+                "e": fair.execution_id,
+                "l": fair.lease_ms,
+                "poll": fair.poll_ms,
+            }
+        try:
+            granted, what, wait, identity = self._acquire(args=[_json(document)])
+        except redis.RedisError as exc:
+            raise LimiterOutage(f"Redis at {_safe(self.url)}: {type(exc).__name__}: {exc}") from exc
+        if int(granted) == 1:
+            return Grant(
+                index=int(what), identity=_text(identity), token=demand.token, demand=demand
+            )
+        return Wait(ms=int(wait), cause=_text(what), what=_text(identity))
+
+    def release(self, grant: Grant, settlement: Settlement) -> None:
+        demand = grant.demand
+        tokens_delta = 0 if settlement.tokens is None else settlement.tokens - demand.tokens
+        candidate = next(c for c in demand.candidates if c.index == grant.index)
+        document = {
+            "p": self._prefix,
+            "tok": grant.token,
+            "id": grant.identity,
+            "g": demand.group,
+            "s": demand.step,
+            "dt": tokens_delta,
+            "ct": candidate.ms_per_token,
+            "gt": demand.group_ms_per_token,
+            "lat": -1 if settlement.seconds is None else settlement.seconds * 1000.0,
+            "pause": 0 if not settlement.pause_seconds else settlement.pause_seconds * 1000.0,
+            "av": grant.index if settlement.avoid and len(demand.candidates) > 1 else -1,
+            "avttl": AVOID_MS,
+        }
+        # After the call: a failure here must not fail a call that was made (its
+        # counts lapse with their lease).
+        try:
+            self._release(args=[_json(document)])
+        except redis.RedisError as exc:
+            log.warning(
+                "limits: release of %s failed (%s); its lease will lapse", grant.identity, exc
+            )
+
+    def renew(self, grant: Grant) -> None:
+        demand = grant.demand
+        document: dict[str, Any] = {
+            "p": self._prefix,
+            "tok": grant.token,
+            "id": grant.identity,
+            "g": demand.group,
+            "lease": demand.lease_ms,
+        }
+        if demand.fair is not None:
+            document.update(f=demand.fair.key, fl=demand.fair.lease_ms, e=demand.fair.execution_id)
+        try:
+            self._renew(args=[_json(document)])
+        except redis.RedisError as exc:
+            log.warning("limits: renewal of %s failed (%s)", grant.identity, exc)
+
+    def end_execution(self, execution_id: str) -> None:
+        try:
+            self._end(args=[_json({"p": self._prefix, "e": execution_id})])
+        except redis.RedisError as exc:
+            log.warning("limits: execution %s's slot not freed (%s)", execution_id, exc)
+
+    def stats(self, identities: Sequence[str]) -> dict[str, EndpointStats]:
+        if not identities:
+            return {}
+        flat = self._stats(args=[_json({"p": self._prefix, "ids": list(identities)})])
+        found = {}
+        for i, identity in enumerate(identities):
+            in_flight, latency, paused = flat[3 * i : 3 * i + 3]
+            found[identity] = EndpointStats(
+                in_flight=int(in_flight),
+                latency_ms=float(latency) if _text(latency) else None,
+                paused_ms=int(paused),
+            )
+        return found
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _json(document: dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _safe(url: str) -> str:
+    # A Redis URL may carry a password.
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
