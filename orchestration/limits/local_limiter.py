@@ -26,7 +26,7 @@ class _Queue:
     first: dict[str, float] = field(default_factory=dict)
     deadline: dict[str, float] = field(default_factory=dict)
 
-    def wait(self, member: str, slots: int, unit: float, lease: float, now: float) -> int:
+    def wait(self, member: str, wait_of: Callable[[int], float], lease: float, now: float) -> int:
         for stale in [m for m, at in self.deadline.items() if at <= now]:
             self.first.pop(stale, None)
             self.deadline.pop(stale, None)
@@ -34,7 +34,7 @@ class _Queue:
         rank = sorted(self.first.items(), key=lambda item: (item[1], item[0])).index(
             (member, self.first[member])
         )
-        wait = max(10, math.floor(unit * (rank // max(1, slots) + 1)))
+        wait = max(10, math.floor(wait_of(rank)))
         self.deadline[member] = now + wait + lease
         return wait
 
@@ -49,6 +49,7 @@ class LocalLimiter:
         self._leases: dict[str, dict[str, float]] = {}  # if:/gc:/fair: key → member → end
         self._tat: dict[str, dict[str, float]] = {}  # id → {rq, tk}
         self._latency: dict[str, float] = {}
+        self._last: dict[str, float] = {}
         self._paused: dict[str, float] = {}
         self._reserved: dict[str, tuple[int, float]] = {}
         self._avoid: dict[str, int] = {}
@@ -102,9 +103,13 @@ class LocalLimiter:
             self._live(fair_key, now)
             if fair.execution_id not in holders:
                 if len(holders) >= fair.max:
+                    rule = fair
+
+                    def rounds(rank: int) -> float:
+                        return rule.poll_ms * (rank // rule.max + 1)
+
                     queue = self._queue(fair_key)
-                    wait = queue.wait(fair.execution_id, fair.max, fair.poll_ms, lease, now)
-                    return Wait(wait, "fair", fair.key)
+                    return Wait(queue.wait(fair.execution_id, rounds, lease, now), "fair", fair.key)
                 self._queue(fair_key).drop(fair.execution_id)
             holders[fair.execution_id] = now + fair.lease_ms
             self._fair_of[fair.execution_id] = fair.key
@@ -135,33 +140,52 @@ class LocalLimiter:
 
         def admit(j: int, reserved: bool) -> Grant:
             c = d.candidates[j]
-            self._leases.setdefault("if:" + c.identity, {})[d.token] = now + lease
+            # The member carries when the call began: waiters reckon when it should end.
+            member = f"{d.token}@{int(now)}"
+            self._leases.setdefault("if:" + c.identity, {})[member] = now + lease
             if d.group_max_concurrency > 0:
-                self._leases.setdefault("gc:" + d.group, {})[d.token] = now + lease
+                self._leases.setdefault("gc:" + d.group, {})[member] = now + lease
             if not reserved:
                 self._advance(c.identity, c.ms_per_request, c.ms_per_token, d.tokens, now)
                 self._advance(d.group, d.group_ms_per_request, d.group_ms_per_token, d.tokens, now)
             self._reserved.pop(d.holder, None)
             self._avoid.pop(d.step, None)
             self._queue("q:" + d.group).drop(d.holder)
-            return Grant(index=c.index, identity=c.identity, token=d.token, demand=d)
+            return Grant(index=c.index, identity=c.identity, token=member, demand=d)
+
+        def ends_of(key: str, took: float, ends: list[float]) -> None:
+            for member in self._leases.get(key, {}):
+                began = member.rpartition("@")[2]
+                if began.isdigit():
+                    due = int(began) + took
+                    if due < now:
+                        due = now + max(took / 20, 10, now - due)
+                    ends.append(due)
 
         def wait_for_room() -> Wait:
-            slots = 0
+            ends: list[float] = []
             unit: float | None = None
             what = d.group
             for j, c in enumerate(d.candidates):
                 if info[j] is not None:
-                    slots += c.max_concurrency if c.max_concurrency > 0 else 1
-                    e = self._latency.get(c.identity)
-                    if e is not None and (unit is None or e < unit):
-                        unit = e
+                    took = self._expected(c.identity) or d.default_latency_ms
+                    unit = took if unit is None else min(unit, took)
+                    if group_room:
+                        ends_of("if:" + c.identity, took, ends)
                     if len(d.candidates) == 1 and group_room:
                         what = c.identity
+            step = unit or float(d.default_latency_ms)
             if not group_room:
-                slots = d.group_max_concurrency
-            queue = self._queue("q:" + d.group)
-            wait = queue.wait(d.holder, slots, unit or d.default_latency_ms, lease, now)
+                ends_of("gc:" + d.group, step, ends)
+            ends.sort()
+
+            def when(rank: int) -> float:
+                if not ends:
+                    return step
+                # At most two rounds ahead, as the Lua.
+                return ends[rank % len(ends)] + step * min(2, rank // len(ends)) - now
+
+            wait = self._queue("q:" + d.group).wait(d.holder, when, lease, now)
             return Wait(hold(wait), "concurrency", what)
 
         if not group_room:
@@ -213,6 +237,11 @@ class LocalLimiter:
             what = c.identity if (c.ms_per_request or c.ms_per_token) else d.group
             return Wait(hold(slot - now), "rate", what)
         return wait_for_room()
+
+    def _expected(self, identity: str) -> float | None:
+        """The lower of the EWMA and the last call (as the Lua's ``expected``)."""
+        known = [v for v in (self._latency.get(identity), self._last.get(identity)) if v]
+        return min(known) if known else None
 
     def _pick(
         self, d: Demand, ready: list[int], state_of: Callable[[int], tuple[int, float, bool]]
@@ -266,9 +295,12 @@ class LocalLimiter:
                     base = max(current, now) if delta > 0 else current
                     tat["tk"] = base + delta * per_token
             if settlement.seconds is not None:
-                ms = settlement.seconds * 1000.0
+                # How long it held its place (what waiters reckon with).
+                began = grant.token.rpartition("@")[2]
+                ms = now - int(began) if began.isdigit() else settlement.seconds * 1000.0
                 e = self._latency.get(grant.identity)
                 self._latency[grant.identity] = ms if e is None else e + _ALPHA * (ms - e)
+                self._last[grant.identity] = ms
             if settlement.pause_seconds:
                 until = now + settlement.pause_seconds * 1000.0
                 self._paused[grant.identity] = max(self._paused.get(grant.identity, 0.0), until)

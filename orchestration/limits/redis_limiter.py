@@ -81,13 +81,14 @@ class RedisLimiter:
                 "poll": fair.poll_ms,
             }
         try:
-            granted, what, wait, identity = self._acquire(args=[_json(document)])
+            answer = self._acquire(args=[_json(document)])
         except redis.RedisError as exc:
             raise LimiterOutage(f"Redis at {_safe(self.url)}: {type(exc).__name__}: {exc}") from exc
+        granted, what, wait, identity = answer[:4]
         if int(granted) == 1:
-            return Grant(
-                index=int(what), identity=_text(identity), token=demand.token, demand=demand
-            )
+            # The member it holds (its token and when it began).
+            member = _text(answer[4])
+            return Grant(index=int(what), identity=_text(identity), token=member, demand=demand)
         return Wait(ms=int(wait), cause=_text(what), what=_text(identity))
 
     def release(self, grant: Grant, settlement: Settlement) -> None:

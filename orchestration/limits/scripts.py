@@ -13,9 +13,13 @@ The rules (``local_limiter.py`` keeps the same ones in a process):
   back at that time and goes, so waiters never herd and the rate is kept exactly.
   Settling moves ``tk`` by the difference between the tokens used and those reserved.
 - *Waiting for a slot* (in flight, or a fairness key's executions): a queue per key, by
-  first arrival; a waiter's wait is the expected call time × the rounds ahead of it.
+  first arrival. A call's member carries when it began, so a waiter comes back when the
+  call whose slot its place in the queue gets should end (its start plus the endpoint's
+  recent latency, and a latency per round beyond those in flight); a fairness waiter
+  looks again every ``poll`` ms per round ahead of it.
 - *Pauses*: a key per endpoint that expires with the endpoint's Retry-After.
-- *Latency*: an EWMA per endpoint of its calls' durations.
+- *Latency*: an EWMA per endpoint of how long its calls held their place (admission
+  to release).
 - *Keyed fairness*: a sorted set per key of the executions holding its slots, scored by
   their leases' end.
 
@@ -59,13 +63,12 @@ local function forget_stale(queue, deadlines)
   end
 end
 
--- a place in a queue, by first arrival: the wait is `unit` times the rounds ahead
-local function queue_wait(queue, member, slots, unit)
+-- a place in a queue, by first arrival; `wait_of(rank)` says how long it waits
+local function queue_wait(queue, member, wait_of)
   local deadlines = queue .. ':d'
   forget_stale(queue, deadlines)
   redis.call('ZADD', queue, 'NX', now, member)
-  local rank = redis.call('ZRANK', queue, member)
-  local wait = math.max(10, math.floor(unit * (math.floor(rank / math.max(1, slots)) + 1)))
+  local wait = math.max(10, math.floor(wait_of(redis.call('ZRANK', queue, member))))
   -- a waiter that does not come back within its wait and a lease is forgotten
   redis.call('ZADD', deadlines, now + wait + lease, member)
   extend(queue, wait + lease + 60000)
@@ -81,7 +84,8 @@ if fair then
   redis.call('ZREMRANGEBYSCORE', fair_key, '-inf', now)
   if not redis.call('ZSCORE', fair_key, fair.e) then
     if redis.call('ZCARD', fair_key) >= fair.m then
-      return {0, 'fair', queue_wait(fair_key .. ':q', fair.e, fair.m, fair.poll), fair.k}
+      local function rounds(rank) return fair.poll * (math.floor(rank / fair.m) + 1) end
+      return {0, 'fair', queue_wait(fair_key .. ':q', fair.e, rounds), fair.k}
     end
     redis.call('ZREM', fair_key .. ':q', fair.e)
     redis.call('ZREM', fair_key .. ':q:d', fair.e)
@@ -134,6 +138,15 @@ local function ewma(id)
   return tonumber(redis.call('HGET', P .. 'lat:' .. id, 'ewma'))
 end
 
+-- what a waiter reckons a call takes: the lower of the EWMA and the last call, so a
+-- few slow calls (a cold start) do not leave slots idle while waiters sleep on
+local function expected(id)
+  local recent = redis.call('HMGET', P .. 'lat:' .. id, 'ewma', 'last')
+  local e, last = tonumber(recent[1]), tonumber(recent[2])
+  if e and last then return math.min(e, last) end
+  return e or last
+end
+
 -- each endpoint: paused, or its calls in flight, its rate slot and whether it has room
 local info = {}
 local paused_for = nil
@@ -155,10 +168,12 @@ local group_slot = rates(d.g, d.gr, d.gt)
 local function admit(j, reserved)
   local c = cands[j]
   local key = P .. 'if:' .. c.id
-  redis.call('ZADD', key, now + lease, d.tok)
+  -- the member carries when the call began: waiters reckon when it should end
+  local member = d.tok .. '@' .. now
+  redis.call('ZADD', key, now + lease, member)
   extend(key, lease + 60000)
   if d.gm > 0 then
-    redis.call('ZADD', P .. 'gc:' .. d.g, now + lease, d.tok)
+    redis.call('ZADD', P .. 'gc:' .. d.g, now + lease, member)
     extend(P .. 'gc:' .. d.g, lease + 60000)
   end
   if not reserved then
@@ -169,24 +184,44 @@ local function admit(j, reserved)
   redis.call('DEL', P .. 'avoid:' .. d.s)
   redis.call('ZREM', P .. 'q:' .. d.g, d.h)
   redis.call('ZREM', P .. 'q:' .. d.g .. ':d', d.h)
-  return {1, c.i, 0, c.id}
+  return {1, c.i, 0, c.id, member}
 end
 
+-- when the calls holding a full key should end: each began at the time its member
+-- carries and takes about its endpoint's recent latency; one running past that is
+-- given as long again as it is overdue (looked at again soon, then less and less often)
+local function ends_of(key, took, ends)
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local began = tonumber(string.match(member, '@(%d+)$'))
+    if began then
+      local due = began + took
+      if due < now then due = now + math.max(took / 20, 10, now - due) end
+      table.insert(ends, due)
+    end
+  end
+end
+
+-- no room: queue, and come back when the call ahead of this place should end
 local function wait_for_room()
-  local slots = 0
-  local unit = nil
-  local what = d.g
+  local ends, unit, what = {}, nil, d.g
   for j, c in ipairs(cands) do
     if info[j] then
-      slots = slots + (c.m > 0 and c.m or 1)
-      local e = ewma(c.id)
-      if e and (unit == nil or e < unit) then unit = e end
+      local took = expected(c.id) or d.dl
+      if unit == nil or took < unit then unit = took end
+      if group_room then ends_of(P .. 'if:' .. c.id, took, ends) end
       if #cands == 1 and group_room then what = c.id end
     end
   end
-  if not group_room then slots = d.gm end
-  local wait = queue_wait(P .. 'q:' .. d.g, d.h, slots, unit or d.dl)
-  return {0, 'concurrency', hold(wait), what}
+  unit = unit or d.dl
+  if not group_room then ends_of(P .. 'gc:' .. d.g, unit, ends) end
+  table.sort(ends)
+  local function when(rank)
+    if #ends == 0 then return unit end
+    -- at most two rounds ahead: one far back looks again with a fresher estimate
+    -- rather than leave a slot idle on a stale one
+    return ends[(rank % #ends) + 1] + unit * math.min(2, math.floor(rank / #ends)) - now
+  end
+  return {0, 'concurrency', hold(queue_wait(P .. 'q:' .. d.g, d.h, when)), what}
 end
 
 if not group_room then return wait_for_room() end
@@ -319,10 +354,14 @@ settle(d.id, d.ct)
 settle(d.g, d.gt)
 
 if d.lat >= 0 then
+  -- how long the call held its place, by this clock (what waiters reckon with);
+  -- the caller's own measure if the member does not say when it began
+  local began = tonumber(string.match(d.tok, '@(%d+)$'))
+  if began then d.lat = now - began end
   local key = P .. 'lat:' .. d.id
   local e = tonumber(redis.call('HGET', key, 'ewma'))
   if e then e = e + 0.3 * (d.lat - e) else e = d.lat end
-  redis.call('HSET', key, 'ewma', e)
+  redis.call('HSET', key, 'ewma', e, 'last', d.lat)
   redis.call('EXPIRE', key, 86400)
 end
 if d.pause > 0 and redis.call('PTTL', P .. 'pause:' .. d.id) < d.pause then

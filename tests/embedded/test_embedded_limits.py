@@ -6,6 +6,7 @@ services that record their requests, so what was called, where and when is count
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def test_max_concurrency_holds_calls_apart_and_status_says_they_wait(tmp_path: P
     starts = sorted(call["at"] for call in calls(tmp_path, "slow"))
     assert len(starts) == 3
     # One at a time: each started once the one before had run its 0.3 s.
-    assert all(later - earlier >= 0.28 for earlier, later in zip(starts, starts[1:]))
+    assert all(later - earlier >= 0.28 for earlier, later in itertools.pairwise(starts))
 
 
 def http(urls: list[str], **fields: Any) -> dict[str, Any]:
