@@ -1,14 +1,24 @@
-"""The cluster-wide limiter: counts kept in Redis, each step one Lua script (one round
-trip, atomic for every worker process and host). The rules are in ``scripts``."""
+"""The cluster-wide limiter: counts kept in Redis, each step one Lua script (atomic for
+every worker process and host). The rules are in ``scripts``.
+
+A delegation's admission is one round trip. Its release, after the call, is sent
+without waiting for the reply (read later, on one connection of the process's own):
+nothing waits on it, and a release lost with its connection only leaves the call's
+count to lapse with its lease. While replies are owed, an admission goes out on that
+connection too, after them, so a process never counts its own released calls.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from orchestration.limits.demand import (
     Demand,
@@ -29,6 +39,77 @@ AVOID_MS = 86_400_000
 # A call to Redis that takes longer is an outage: the delegation goes back to the
 # broker rather than hold its worker's slot.
 SOCKET_TIMEOUT = 5.0
+# Replies left unread before a send waits for them.
+_MOST_UNREAD = 10_000
+
+
+class _Unanswered:
+    """Commands sent on one connection whose replies are read later (before a later
+    send finds them waiting, or once too many are owed)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+        self._unread = 0
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        # A reply said the script is gone (Redis restarted): load it before using it.
+        self.script_missing = False
+
+    def send(self, *command: Any) -> None:
+        """Send ``command``; raise if it could not be sent."""
+        with self._lock:
+            if self._pid != os.getpid():
+                # A forked child: the parent's connection is not its to use.
+                self._connection, self._unread, self._pid = None, 0, os.getpid()
+            try:
+                if self._connection is None:
+                    self._connection = self._pool.get_connection()
+                connection = self._connection
+                while self._unread and (
+                    self._unread >= _MOST_UNREAD or connection.can_read(timeout=0)
+                ):
+                    self._read_one()
+                connection.send_command(*command)
+                self._unread += 1
+            except Exception:
+                self._drop()
+                raise
+
+    @property
+    def owes(self) -> bool:
+        return self._unread > 0 and self._pid == os.getpid()
+
+    def call(self, *command: Any) -> Any:
+        """Send ``command`` after those owed and return its reply (reading theirs)."""
+        with self._lock:
+            try:
+                self._connection.send_command(*command)
+                while self._unread:
+                    self._read_one()
+                return self._connection.read_response()
+            except ResponseError:
+                raise  # the reply itself: the connection is in step
+            except Exception:
+                self._drop()
+                raise
+
+    def _read_one(self) -> None:
+        self._unread -= 1
+        try:
+            self._connection.read_response()
+        except NoScriptError:
+            self.script_missing = True
+            log.warning("limits: a release found its script gone; its count lapses")
+        except ResponseError as exc:
+            log.warning("limits: a release failed: %s", exc)
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.disconnect()
+            self._pool.release(self._connection)
+        self._connection = None
+        self._unread = 0
 
 
 class RedisLimiter:
@@ -44,6 +125,8 @@ class RedisLimiter:
         self._renew = self._client.register_script(RENEW)
         self._end = self._client.register_script(END_EXECUTION)
         self._stats = self._client.register_script(STATS)
+        self._unanswered = _Unanswered(self._client)
+        self._release_loaded = False
 
     def acquire(self, demand: Demand) -> Grant | Wait:
         document: dict[str, Any] = {
@@ -81,7 +164,7 @@ class RedisLimiter:
                 "poll": fair.poll_ms,
             }
         try:
-            answer = self._acquire(args=[_json(document)])
+            answer = self._admit(_json(document))
         except redis.RedisError as exc:
             raise LimiterOutage(f"Redis at {_safe(self.url)}: {type(exc).__name__}: {exc}") from exc
         granted, what, wait, identity = answer[:4]
@@ -90,6 +173,14 @@ class RedisLimiter:
             member = _text(answer[4])
             return Grant(index=int(what), identity=_text(identity), token=member, demand=demand)
         return Wait(ms=int(wait), cause=_text(what), what=_text(identity))
+
+    def _admit(self, document: str) -> Any:
+        if self._unanswered.owes:
+            try:
+                return self._unanswered.call("EVALSHA", self._acquire.sha, 0, document)
+            except NoScriptError:
+                pass  # loaded below
+        return self._acquire(args=[document])
 
     def release(self, grant: Grant, settlement: Settlement) -> None:
         demand = grant.demand
@@ -112,7 +203,13 @@ class RedisLimiter:
         # After the call: a failure here must not fail a call that was made (its
         # counts lapse with their lease).
         try:
+            if self._release_loaded and not self._unanswered.script_missing:
+                self._unanswered.send("EVALSHA", self._release.sha, 0, _json(document))
+                return
+            # The first (or after Redis lost its scripts): waited for, which loads it.
+            self._unanswered.script_missing = False
             self._release(args=[_json(document)])
+            self._release_loaded = True
         except redis.RedisError as exc:
             log.warning(
                 "limits: release of %s failed (%s); its lease will lapse", grant.identity, exc

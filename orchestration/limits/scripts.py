@@ -34,7 +34,8 @@ from typing import Final
 _COMMON: Final = """
 local d = cjson.decode(ARGV[1])
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+-- milliseconds, to the microsecond: rates of many calls a millisecond stay exact
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 local P = d.p
 
 -- a key's expiry is only ever pushed out
@@ -169,7 +170,7 @@ local function admit(j, reserved)
   local c = cands[j]
   local key = P .. 'if:' .. c.id
   -- the member carries when the call began: waiters reckon when it should end
-  local member = d.tok .. '@' .. now
+  local member = d.tok .. '@' .. math.floor(now)
   redis.call('ZADD', key, now + lease, member)
   extend(key, lease + 60000)
   if d.gm > 0 then
