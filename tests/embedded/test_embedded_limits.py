@@ -16,9 +16,15 @@ import yaml
 
 from orchestration import Team
 from orchestration.client.report import ExecutionReport
-from tests.support.agent_service import AgentService, Reply, output
+from orchestration.spec import parse_agent
+from orchestration.store.agent_registry import AgentRegistry
+from orchestration.store.breakers import BreakerStore
+from orchestration.store.database import ensure_schema
+from orchestration.store.repository import Store
+from tests.support.agent_service import HEALTH_PATH, AgentService, Reply, output
 from tests.support.faults import wait_for
 from tests.support.resilience_agents import calls
+from workers.health import run_heartbeat
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,3 +106,27 @@ def test_calls_are_shared_among_endpoints_and_a_failed_attempt_goes_elsewhere(
         assert retried == [a]
         # A failure reports no usage: the step's usage stays unknown, not zero.
         assert next(s for s in report.steps if s.id == failed[0][0]).usage is None
+
+
+def test_the_heartbeat_probes_each_endpoint_at_its_own_health_url(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    ensure_schema(url, auto_upgrade=True)
+    store = Store(url)
+    with AgentService() as up, AgentService() as down:
+        down.healthy = False
+        endpoints = [
+            {"url": up.url("/agent"), "health_url": up.url(HEALTH_PATH)},
+            {"url": down.url("/agent"), "health_url": down.url(HEALTH_PATH)},
+            {"url": f"{up.base_url}/unprobed"},
+        ]
+        agent = parse_agent({**http([]), "endpoints": endpoints})
+        AgentRegistry(store).register_agents("probed", {"svc": agent.model_dump(mode="json")})
+        results = {r.identity: r for r in run_heartbeat(store, BreakerStore(store))}
+    healthy, sick = f"http:{up.url('/agent')}", f"http:{down.url('/agent')}"
+    assert set(results) == {healthy, sick}
+    assert results[healthy].healthy and not results[sick].healthy
+    assert results[sick].detail == "HTTP 503"
+    # The failed probe counts on the sick endpoint's own breaker, nobody else's.
+    sick_breaker = BreakerStore(store).get(sick)
+    assert sick_breaker is not None and sick_breaker.snapshot.probe_failures == 1
+    assert BreakerStore(store).get(healthy) is None
