@@ -686,13 +686,14 @@ class Delegation:
             if marked == "duplicate":
                 raise _NotOurs
 
+        def renew(details: Any) -> None:
+            store.renew_lease(delivery.execution_id, delivery.step_id, attempt, details)
+            # The call's counts in the limiter are held under the same lease.
+            route.renew()
+
         # A message whose earlier run died (or that this delegation takes over) marks
         # its attempt before calling: if the agent kills this process too, the next
         # delivery finds the attempt and counts it against the retry policy.
-        def renew(details: Any) -> None:
-            store.renew_lease(delivery.execution_id, delivery.step_id, attempt, details)
-            route.renew()
-
         marked_first = call.lost is not None or delivery.orphaned_by is not None
         started = time.perf_counter()
         try:
@@ -706,7 +707,7 @@ class Delegation:
                     limit,
                     heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
                     monitor=monitor,
-                    renew_lease=_own(lambda details: renew(details)),
+                    renew_lease=_own(renew),
                     lease_interval=self.limits.lease_interval,
                     still_running=None if marked_first else _own(mark_started),
                     still_running_after=self.limits.lease_after,
