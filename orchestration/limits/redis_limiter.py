@@ -76,18 +76,17 @@ class _Unanswered:
                 self._drop()
                 raise
 
-    @property
-    def owes(self) -> bool:
-        return self._unread > 0 and self._pid == os.getpid()
-
-    def call(self, *command: Any) -> Any:
-        """Send ``command`` after those owed and return its reply (reading theirs)."""
+    def call_if_owed(self, *command: Any) -> tuple[bool, Any]:
+        """While replies are owed: send ``command`` after them and return (True, its
+        reply), reading theirs first. Else (False, None): nothing was sent."""
         with self._lock:
+            if not self._unread or self._connection is None or self._pid != os.getpid():
+                return False, None
             try:
                 self._connection.send_command(*command)
                 while self._unread:
                     self._read_one()
-                return self._connection.read_response()
+                return True, self._connection.read_response()
             except ResponseError:
                 raise  # the reply itself: the connection is in step
             except Exception:
@@ -175,11 +174,12 @@ class RedisLimiter:
         return Wait(ms=int(wait), cause=_text(what), what=_text(identity))
 
     def _admit(self, document: str) -> Any:
-        if self._unanswered.owes:
-            try:
-                return self._unanswered.call("EVALSHA", self._acquire.sha, 0, document)
-            except NoScriptError:
-                pass  # loaded below
+        try:
+            sent, answer = self._unanswered.call_if_owed("EVALSHA", self._acquire.sha, 0, document)
+            if sent:
+                return answer
+        except NoScriptError:
+            pass  # loaded below
         return self._acquire(args=[document])
 
     def release(self, grant: Grant, settlement: Settlement) -> None:
