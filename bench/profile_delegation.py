@@ -5,6 +5,7 @@ delegation, statements and commits per delegation, and optionally a cProfile lis
     python -m bench.profile_delegation [--steps 2000] [--strategy parallel] [--profile]
     python -m bench.profile_delegation --breaker-open   # every delegation is rejected
     python -m bench.profile_delegation --agent openai   # an openai agent's own overhead
+    python -m bench.profile_delegation --limits         # the agent declares limits
 
 This is the inner loop the worker benchmarks pay for on every task; it isolates Troupe's
 own cost from Celery's and Redis's. It creates and drops its own database
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         default="python",
         help="openai: the adapter's overhead beyond the HTTP round trip (see above)",
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="the agent declares limits no call reaches: the cost of the limit checks",
+    )
     args = parser.parse_args(argv)
     if args.agent == "openai" and args.breaker_open:
         parser.error("--breaker-open profiles the no-op agent only")
@@ -73,7 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         return _measure(args)
 
 
+# Limits the benchmark never reaches, so every delegation is admitted, and pays for the
+# check (one Redis round trip before the call, one after).
+UNREACHED_LIMITS = {"max_concurrency": 100_000, "rate_limit": {"requests_per_minute": 1_000_000}}
+
+
 def _measure(args: argparse.Namespace) -> int:
+    print(json.dumps(measure(args)))
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One execution of ``args.steps`` delegations, run here; its figures."""
     from sqlalchemy import event
 
     from orchestration import Team
@@ -85,10 +102,11 @@ def _measure(args: argparse.Namespace) -> int:
 
     runtime = get_runtime()
     breaker = {"breaker": {"when_open": "fail"}} if args.breaker_open else {}
-    text = noop_team("profile", args.strategy, args.steps, **breaker)
+    limits = UNREACHED_LIMITS if getattr(args, "limits", False) else {}
+    text = noop_team("profile", args.strategy, args.steps, **breaker, **limits)
     team = Team.from_yaml(text)
     plan = build_plan(team.spec)
-    execution_id = f"profile-{os.getpid()}"
+    execution_id = f"profile-{os.getpid()}-{time.monotonic_ns()}"
     AgentRegistry(runtime.store).register_agents(
         team.name, team.spec.model_dump(mode="json")["agents"]
     )
@@ -122,6 +140,7 @@ def _measure(args: argparse.Namespace) -> int:
         Delivery(execution_id, step.id, 1, task_id=f"t-{i}", worker="profile")
         for i, step in enumerate(plan.steps)
     ]
+    limiter_calls = count_limiter_calls(runner)
     hot_before = worker_store().hot_round_trips
     profiler = cProfile.Profile() if args.profile else None
     started = time.perf_counter()
@@ -137,24 +156,43 @@ def _measure(args: argparse.Namespace) -> int:
     # prepared read and write scripts go through the bare psycopg2 cursor).
     counts["statements"] += worker_store().hot_round_trips - hot_before
     outcomes = _outcomes(runtime.store.engine, execution_id)
-    print(
-        json.dumps(
-            {
-                "benchmark": "profile_delegation",
-                "strategy": args.strategy,
-                "steps": n,
-                "ms_per_delegation": round(1000 * seconds / n, 3),
-                "round_trips_per_delegation": round(counts["statements"] / n, 2),
-                "commits_per_delegation": round(counts["commits"] / n, 2),
-                "breaker_open": args.breaker_open,
-                # Recorded attempts by outcome: with the breaker open, no "success".
-                "attempt_outcomes": outcomes,
-            }
-        )
-    )
     if profiler:
         _print_profile(profiler, args)
-    return 0
+    return {
+        "benchmark": "profile_delegation",
+        "strategy": args.strategy,
+        "steps": n,
+        "ms_per_delegation": round(1000 * seconds / n, 3),
+        "round_trips_per_delegation": round(counts["statements"] / n, 2),
+        "commits_per_delegation": round(counts["commits"] / n, 2),
+        # Calls to the limiter (each one Redis round trip when it is Redis's).
+        "limiter_calls_per_delegation": round(sum(limiter_calls.values()) / n, 2),
+        "breaker_open": args.breaker_open,
+        "limits": bool(getattr(args, "limits", False)),
+        # Recorded attempts by outcome: with the breaker open, no "success".
+        "attempt_outcomes": outcomes,
+    }
+
+
+def count_limiter_calls(runner: Any) -> dict[str, int]:
+    """Count the calls this process's delegations make to their limiter."""
+    counts = {"acquire": 0, "release": 0, "renew": 0}
+    limiter = runner.capacity.limiter
+    if limiter is None:
+        return counts
+    for name in counts:
+        method = getattr(limiter, name)
+        if getattr(method, "_counted", False):
+            method = method._inner
+
+        def counted(*args: Any, _method: Any = method, _name: str = name) -> Any:
+            counts[_name] += 1
+            return _method(*args)
+
+        counted._counted = True  # type: ignore[attr-defined]
+        counted._inner = method  # type: ignore[attr-defined]
+        setattr(limiter, name, counted)
+    return counts
 
 
 @dataclass(frozen=True)

@@ -167,3 +167,13 @@ class AskFailed(PermanentAgentError):
 class InvalidTeamWrite(PermanentAgentError):
     """A shared-memory write or a message an agent cannot make: a key or recipient that
     is not one, a value that is not JSON, or one its key's rule cannot take."""
+
+
+class CapacityUnavailable(AgentError):
+    """The step waited for capacity (its agent's limits, its endpoints, its key's
+    executions) and its deadline would pass before any is expected: it was not called."""
+
+
+class LimitsUnavailable(PermanentAgentError):
+    """The agent declares endpoints or limits, which are counted in Redis, and the
+    deployment has none (its broker is not Redis and TROUPE_REDIS_URL is not set)."""

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(
         default=None, description="Celery result backend; defaults to the broker when it is Redis."
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for cluster-wide limits and routing; defaults to a Redis broker.",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the state database; defaults to SQLite."
     )
@@ -125,6 +129,16 @@ class Settings(BaseSettings):
         # Troupe reads no task results (status comes from its own tables): with no Redis
         # to keep them in, keep none rather than a per-process cache no one else reads.
         return "disabled"
+
+    @property
+    def effective_redis_url(self) -> str | None:
+        """Where agents' endpoints and limits are counted: ``redis_url``, else the
+        broker's Redis; None without either (embedded: counted in the process)."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
 
     @property
     def effective_database_url(self) -> str:

@@ -18,6 +18,15 @@ from pydantic import (
     model_validator,
 )
 
+from orchestration.capacity import (
+    MAX_ENDPOINTS,
+    Concurrency,
+    HttpEndpoint,
+    KeyedConcurrency,
+    OpenAIEndpoint,
+    RateLimit,
+    Routing,
+)
 from orchestration.priorities import Priority
 from orchestration.team_limits import (
     MAX_AGENT_NAME,
@@ -187,6 +196,9 @@ class _AgentFields(_Model):
     # The Celery queue its delegations go to (None: Troupe's own, TROUPE_QUEUE); served
     # by workers started with `manage.py worker --queues NAME`.
     queue: QueueName | None = None
+    # Cluster-wide, over all of the agent's endpoints (orchestration/capacity.py).
+    max_concurrency: Concurrency | None = None
+    rate_limit: RateLimit | None = None
 
     @property
     def when_open(self) -> WhenOpen:
@@ -208,20 +220,58 @@ class PythonAgentSpec(_AgentFields):
 
 
 class HttpAgentSpec(_AgentFields):
-    """A remote agent service: each call is a JSON POST to ``url``."""
+    """A remote agent service: each call is a JSON POST to ``url``, or to one of its
+    ``endpoints``."""
 
     kind: Literal["http"]
-    url: HttpUrl
+    url: HttpUrl | None = None
+    endpoints: Annotated[tuple[HttpEndpoint, ...], Field(max_length=MAX_ENDPOINTS)] = ()
+    routing: Routing = Routing.LEAST_IN_FLIGHT
     # Header values may name environment variables (``Bearer ${API_TOKEN}``): they are
     # read in the worker at call time, so the stored spec holds the names only.
     headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=MAX_HEADERS)] = {}
     health_url: HttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _url_or_endpoints(self) -> HttpAgentSpec:
+        if (self.url is None) == (not self.endpoints):
+            raise SpecProblem("url", "give exactly one of url or endpoints")
+        if self.endpoints and (self.health_url is not None or self.health is not None):
+            field = "health_url" if self.health_url is not None else "health"
+            raise SpecProblem(field, "with endpoints, give each endpoint its health_url")
+        _distinct([e.url for e in self.endpoints])
+        return self
 
     @property
     def probe(self) -> HealthCheck | None:
         if self.health is None and self.health_url is not None:
             return HealthCheck(url=self.health_url)
         return self.health
+
+    @property
+    def call_url(self) -> str:
+        """Where a call goes: ``url``, or the first endpoint's (see ``at``)."""
+        return self.url if self.url is not None else self.endpoints[0].url
+
+    def at(self, endpoint: HttpEndpoint) -> HttpAgentSpec:
+        """This agent as it calls one of its endpoints."""
+        return self.model_copy(
+            update={
+                "url": endpoint.url,
+                "endpoints": (),
+                "health_url": endpoint.health_url,
+            }
+        )
+
+
+def _distinct(endpoints: list[str]) -> None:
+    # Each endpoint is its own identity (breaker, health, counts): one listed twice
+    # would be counted as two.
+    for i, endpoint in enumerate(endpoints):
+        if endpoint in endpoints[:i]:
+            raise SpecProblem(
+                f"endpoints[{i}]", f"the same endpoint as endpoints[{endpoints.index(endpoint)}]"
+            )
 
 
 _SETTING_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -256,9 +306,25 @@ class OpenAIAgentSpec(_AgentFields):
     def _settings_from_environment(cls, value: Any) -> Any:
         return _from_environment(value)
 
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _endpoints_from_environment(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        return [
+            {k: _from_environment(v) if k in ("base_url", "model") else v for k, v in e.items()}
+            if isinstance(e, dict)
+            else e
+            for e in value
+        ]
+
     kind: Literal["openai"]
     base_url: HttpUrl = "https://api.openai.com/v1"
-    model: ModelName
+    # Required unless every endpoint names its model.
+    model: ModelName | None = None
+    # Base URL and model pairs, each defaulting to the agent's own.
+    endpoints: Annotated[tuple[OpenAIEndpoint, ...], Field(max_length=MAX_ENDPOINTS)] = ()
+    routing: Routing = Routing.LEAST_IN_FLIGHT
     # The name of the environment variable holding the key, never the key itself.
     api_key_env: EnvName | None = "OPENAI_API_KEY"
     system: Text | None = None
@@ -278,9 +344,47 @@ class OpenAIAgentSpec(_AgentFields):
     # (send, broadcast), and delegation (ask, hand off).
     team_tools: bool = False
 
+    @model_validator(mode="after")
+    def _some_model(self) -> OpenAIAgentSpec:
+        if self.model is None and (
+            not self.endpoints or any(e.model is None for e in self.endpoints)
+        ):
+            raise SpecProblem("model", "required field is missing (or name one in every endpoint)")
+        if self.endpoints and self.health is not None:
+            raise SpecProblem("health", "with endpoints, give each endpoint its health_url")
+        _distinct(
+            [
+                f"{(e.base_url or self.base_url).rstrip('/')} {e.model or self.model}"
+                for e in self.endpoints
+            ]
+        )
+        return self
+
     @property
     def structured(self) -> bool:
         return self.output_schema is not None or self.json_output
+
+    @property
+    def model_name(self) -> str:
+        """The model a call asks for: ``model``, or the first endpoint's (see ``at``)."""
+        if self.endpoints:
+            return self.endpoints[0].model or self.model or ""
+        return self.model or ""
+
+    @property
+    def call_base_url(self) -> str:
+        return (self.endpoints[0].base_url or self.base_url) if self.endpoints else self.base_url
+
+    def at(self, endpoint: OpenAIEndpoint) -> OpenAIAgentSpec:
+        """This agent as it calls one of its endpoints."""
+        return self.model_copy(
+            update={
+                "base_url": endpoint.base_url or self.base_url,
+                "model": endpoint.model or self.model,
+                "endpoints": (),
+                "health": HealthCheck(url=endpoint.health_url) if endpoint.health_url else None,
+            }
+        )
 
 
 AGENT_KINDS = ("python", "http", "openai")
@@ -498,6 +602,8 @@ class TeamSpec(_Model):
     handoffs: Annotated[tuple[HandoffRule, ...], Field(max_length=MAX_AGENTS)] = ()
     # Handoffs in a row from one step (A → B → C is 2).
     max_handoff_depth: Annotated[int, Field(ge=1, le=20)] = 3
+    # Executions with the same key running at once (orchestration/capacity.py).
+    concurrency: KeyedConcurrency | None = None
     agents: Annotated[
         dict[Annotated[AgentName, Field(pattern=AGENT_NAME_PATTERN)], AgentSpec],
         Field(min_length=1, max_length=MAX_AGENTS),
@@ -510,10 +616,15 @@ class TeamSpec(_Model):
         steps = self.workflow.steps
         strategy = self.workflow.strategy
         # Before any expression compiles: together they must stay quick to compile.
+        keyed = (self.concurrency.key,) if self.concurrency is not None else ()
         try:
-            check_expression_budget(e for s in steps for e in (s.when, s.for_each) if e is not None)
+            check_expression_budget(
+                [*(e for s in steps for e in (s.when, s.for_each) if e is not None), *keyed]
+            )
         except ConditionSyntaxError as exc:
             raise SpecProblem("workflow.steps", str(exc)) from None
+        if self.concurrency is not None:
+            self._check_key(self.concurrency.key)
         seen: dict[str, int] = {}
         for i, step in enumerate(steps):
             where = f"workflow.steps[{i}]"
@@ -588,6 +699,14 @@ class TeamSpec(_Model):
                 raise SpecProblem(
                     f"{where}.breaker.when_open", "'fallback' needs the agent's fallback set"
                 )
+
+    def _check_key(self, expression: str) -> None:
+        try:
+            compile_condition(expression)
+        except ConditionSyntaxError as exc:
+            raise SpecProblem("concurrency.key", str(exc)) from None
+        if referenced_steps(expression):
+            raise SpecProblem("concurrency.key", "a key is read from input only, before any step")
 
     def _check_expression(
         self, index: int, name: str, expression: str, ids: dict[str, int]

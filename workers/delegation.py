@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from orchestration.agents.call import AgentCall
-from orchestration.agents.identity import agent_identity
 from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
 from orchestration.agents.team_channel import Handoff
+from orchestration.capacity import KeyedConcurrency
 from orchestration.collaboration.attempt import AttemptCollaboration
 from orchestration.constants import (
     CANCELLED,
@@ -31,11 +31,22 @@ from orchestration.constants import (
     FAILED,
     OUTCOME_ERROR,
     OUTCOME_REJECTED,
+    OUTCOME_TIMEOUT,
     SKIP_JOIN,
 )
 from orchestration.engine import approvals
 from orchestration.engine import decisions as d
-from orchestration.errors import CircuitOpen, HandoffRefused, InternalError
+from orchestration.errors import (
+    CapacityUnavailable,
+    CircuitOpen,
+    HandoffRefused,
+    InternalError,
+    LimitsUnavailable,
+)
+from orchestration.limits.connect import process_limiter
+from orchestration.limits.demand import Settlement
+from orchestration.limits.fairness import fair_slot
+from orchestration.limits.gate import CapacityGate, Route, Waiting
 from orchestration.pricing import Prices
 from orchestration.priorities import Priority
 from orchestration.resilience.backoff import next_delay
@@ -56,7 +67,7 @@ from orchestration.spending import AttemptSpending, usage_record
 from orchestration.step_state import StepState, record_of
 from orchestration.store.approvals import ApprovalRecord, ApprovalRecords
 from orchestration.store.breaker_cache import CachedBreakers
-from orchestration.store.breakers import Admission, aware
+from orchestration.store.breakers import aware
 from orchestration.store.budgets import BudgetRecords
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.memory import MemoryRecords
@@ -175,6 +186,9 @@ class TeamContext:
     # The execution's priority (the team's, or the one given at enqueue): its messages
     # carry it.
     priority: Priority = Priority.NORMAL
+    name: str = ""
+    # Executions of the same key running at once (the team's keyed fairness).
+    concurrency: KeyedConcurrency | None = None
 
 
 def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
@@ -203,6 +217,8 @@ def team_of(store: DelegationRecords, execution_id: str) -> TeamContext:
             approvals={s.id: s.approval for s in spec.steps if s.approval is not None},
             memory=spec.memory,
             priority=spec.priority,
+            name=spec.name,
+            concurrency=spec.concurrency,
         )
         with _cache_lock:
             _teams[(store.url, digest)] = team
@@ -239,6 +255,7 @@ class Delegation:
         *,
         prices: Mapping[str, ModelPrice] | None = None,
         wake_later: Callable[[str, str, float], None] | None = None,
+        capacity: CapacityGate | None = None,
     ) -> None:
         self.store = store
         self.breakers = breakers
@@ -250,6 +267,11 @@ class Delegation:
         self.prices = prices or {}
         # Sends (execution, step) again after so many seconds: a join's deadline timer.
         self.wake_later = wake_later
+        # Endpoints and limits: counted in Redis by a worker (workers/tasks.py), in this
+        # process when none is given.
+        self.capacity = capacity or CapacityGate(
+            breakers, process_limiter(), lease_seconds=limits.lease_ttl
+        )
 
     def run(self, delivery: Delivery, *, looked_again: bool = False) -> Outcome:
         store = self.store
@@ -689,16 +711,21 @@ class Delegation:
             )
             if handed is not None:
                 return handed
-        admission = self.breakers.admit(agent_identity(agent), agent.breaker)
+        route = self._route(state, call, name, agent)
+        if not isinstance(route, Route):
+            return route
+        admission = route.admission
         if not admission.allowed:
             mode = agent.when_open
             reason = admission.reason or f"circuit open for agent {name!r}"
             if mode is WhenOpen.FALLBACK and agent.fallback is not None:
                 fallback = state.team.agents[agent.fallback]
-                second = self.breakers.admit(agent_identity(fallback), fallback.breaker)
-                if second.allowed:
+                second = self._route(state, call, agent.fallback, fallback)
+                if not isinstance(second, Route):
+                    return second
+                if second.admission.allowed:
                     return self._call(state, call, agent.fallback, fallback, second)
-                reason = f"{reason}; fallback {agent.fallback!r}: {second.reason}"
+                reason = f"{reason}; fallback {agent.fallback!r}: {second.admission.reason}"
             elif mode is WhenOpen.WAIT and admission.retry_at is not None:
                 wait_until = admission.retry_at + timedelta(seconds=random.uniform(0, 0.05))
                 if call.deadline is None or wait_until < call.deadline:
@@ -710,10 +737,59 @@ class Delegation:
                 reason = f"{reason}, past the step's deadline"
             error = AttemptError(CircuitOpen.__name__, reason, OUTCOME_REJECTED)
             return self._refuse(state, name, call.attempt, error)
-        return self._call(state, call, name, agent, admission)
+        return self._call(state, call, name, agent, route)
+
+    def _route(self, state: _State, call: d.Call, name: str, agent: AgentSpec) -> Route | Outcome:
+        """Where the call goes (see orchestration/limits/gate.py), or the Outcome of a
+        delegation that waits for capacity, or cannot have any."""
+        delivery, team = state.delivery, state.team
+        step = f"{delivery.execution_id}:{delivery.step_id}"
+        fair = fair_slot(
+            team.name,
+            team.concurrency,
+            delivery.execution_id,
+            state.view.input,
+            self.capacity.fair_lease_seconds,
+        )
+        try:
+            route = self.capacity.route(
+                name, agent, holder=f"{step}:{call.attempt}", step=step, fair=fair
+            )
+        except LimitsUnavailable as exc:
+            error = AttemptError(LimitsUnavailable.__name__, str(exc), OUTCOME_REJECTED)
+            return self._refuse(state, name, call.attempt, error)
+        if isinstance(route, Route):
+            return route
+        return self._wait_for_capacity(state, call, route)
+
+    def _wait_for_capacity(self, state: _State, call: d.Call, waiting: Waiting) -> Outcome:
+        """Sent again when capacity is expected, holding no worker slot meanwhile; the
+        wait is recorded on the step (``status`` shows it)."""
+        delivery = state.delivery
+        until = now() + timedelta(seconds=waiting.seconds)
+        reason = f"waiting for capacity: {waiting.reason}"
+        if call.deadline is not None and until >= call.deadline:
+            error = AttemptError(
+                CapacityUnavailable.__name__,
+                f"{reason}, past the step's deadline",
+                OUTCOME_REJECTED,
+            )
+            return self._refuse(state, state.step.agent, call.attempt, error)
+        self.store.record_waiting(
+            delivery.execution_id,
+            delivery.step_id,
+            until,
+            f"{reason}; next try in {waiting.seconds:.2f}s",
+        )
+        return Outcome(retry=self._later(waiting.seconds, call.attempt, delivery))
+
+    def ended(self, execution_id: str) -> None:
+        """The execution ended: free its slot of its team's key, if it holds one."""
+        if team_of(self.store, execution_id).concurrency is not None:
+            self.capacity.end_execution(execution_id)
 
     def _call(
-        self, state: _State, call: d.Call, name: str, agent: AgentSpec, admission: Admission
+        self, state: _State, call: d.Call, name: str, agent: AgentSpec, route: Route
     ) -> Outcome:
         store = self.store
         delivery = state.delivery
@@ -760,6 +836,7 @@ class Delegation:
         if call.deadline is not None:
             limit = max(0.001, min(limit, (call.deadline - now()).total_seconds()))
         begun = state.attempt_end(name, attempt, now())
+        admission = route.admission
 
         def mark_started() -> None:
             marked = store.begin_attempt(
@@ -777,6 +854,11 @@ class Delegation:
             if marked == "duplicate":
                 raise _NotOurs
 
+        def renew(details: Any) -> None:
+            store.renew_lease(delivery.execution_id, delivery.step_id, attempt, details)
+            # The call's counts in the limiter are held under the same lease.
+            route.renew()
+
         # A message whose earlier run died (or that this delegation takes over) marks
         # its attempt before calling: if the agent kills this process too, the next
         # delivery finds the attempt and counts it against the retry policy.
@@ -786,18 +868,14 @@ class Delegation:
             if marked_first:
                 _own(mark_started)()
             spending.admit()
-            adapter = build_adapter(agent)
+            adapter = build_adapter(route.spec)
             result = call_with_time_limit(
                 lambda: collaboration.with_updates(adapter.invoke(agent_call)),
                 CallWatch(
                     limit,
                     heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
                     monitor=monitor,
-                    renew_lease=_own(
-                        lambda details: store.renew_lease(
-                            delivery.execution_id, delivery.step_id, attempt, details
-                        )
-                    ),
+                    renew_lease=_own(renew),
                     lease_interval=self.limits.lease_interval,
                     still_running=None if marked_first else _own(mark_started),
                     still_running_after=self.limits.lease_after,
@@ -807,18 +885,32 @@ class Delegation:
             # Another copy of this message started the same attempt a moment ago: this
             # call was interrupted (in a helper thread, it goes on unrecorded); look
             # again when the other copy's lease would have expired.
+            route.release(Settlement())
             if admission.trial:
-                self.breakers.store.release_trial(agent_identity(agent))
+                self.breakers.store.release_trial(route.identity)
             return Outcome(retry=self._later(self.limits.lease_ttl, attempt, delivery))
         except _BookkeepingFailed as own:
+            route.release(Settlement())
             if admission.trial:
-                self.breakers.store.release_trial(agent_identity(agent))
+                self.breakers.store.release_trial(route.identity)
             raise own.error from None
         except Exception as exc:  # every agent failure is classified and recorded
             seconds = time.perf_counter() - started
             failure = classify(exc, agent.retry)
+            spent = spending.spent
+            route.release(
+                Settlement(
+                    seconds=seconds,
+                    # Timed out: the server may have used them all.
+                    tokens=None
+                    if failure.outcome == OUTCOME_TIMEOUT
+                    else spent.tokens_in + spent.tokens_out,
+                    pause_seconds=failure.retry_after if failure.transient else None,
+                    avoid=failure.transient,
+                )
+            )
             self.breakers.record_call(
-                agent_identity(agent),
+                route.identity,
                 agent.breaker,
                 failed=is_failure(agent.breaker, failure.breaker_failure, seconds),
                 trial=admission.trial,
@@ -832,8 +924,9 @@ class Delegation:
                 duration_ms=int(seconds * 1000),
                 outcome=failure.outcome,
                 error=error,
-                # Requests it settled before failing were spent all the same.
-                usage=usage_record(spending.spent),
+                # Requests it settled before failing were spent all the same; where it
+                # went is recorded either way.
+                usage=_with_endpoint(usage_record(spending.spent), route.address),
                 context_version=collaboration.context_version,
             )
             if failure.transient and attempt < agent.retry.max_attempts:
@@ -867,8 +960,11 @@ class Delegation:
             )
             return state.continuation(decided, finalized=state.finishes)
         seconds = time.perf_counter() - started
+        route.release(
+            Settlement(seconds=seconds, tokens=result.usage.tokens_in + result.usage.tokens_out)
+        )
         self.breakers.record_call(
-            agent_identity(agent),
+            route.identity,
             agent.breaker,
             failed=is_failure(agent.breaker, False, seconds),
             trial=admission.trial,
@@ -883,7 +979,7 @@ class Delegation:
             ended = replace(
                 begun,
                 duration_ms=int(seconds * 1000),
-                usage=usage_record(usage),
+                usage=_with_endpoint(usage_record(usage), route.address),
                 tool_calls=[asdict(call) for call in result.tool_calls] or None,
                 context_version=collaboration.context_version,
             )
@@ -898,7 +994,7 @@ class Delegation:
             replace(
                 begun,
                 duration_ms=int(seconds * 1000),
-                usage=usage_record(usage),
+                usage=_with_endpoint(usage_record(usage), route.address),
                 tool_calls=[asdict(call) for call in result.tool_calls] or None,
                 context_version=collaboration.context_version,
             ),
@@ -1061,6 +1157,12 @@ def _made_ready(plan: ExecutionPlan, decided: Decided) -> list[str]:
             if step.join.wakes(len(step.deps), waiting):
                 ready.append(step_id)
     return ready
+
+
+def _with_endpoint(usage: dict[str, Any] | None, address: str | None) -> dict[str, Any] | None:
+    if address is None or (usage is not None and usage.get("endpoint")):
+        return usage
+    return {**(usage or {}), "endpoint": address}
 
 
 def _dependents(plan: ExecutionPlan, row: Any) -> tuple[str, ...]:

@@ -4,7 +4,8 @@ the cool-down half-opens it).
 
 Agents of several teams that call the same thing share one probe. When they declare
 different health checks or breaker policies, the first of them by team and name that has
-a health check is the one used.
+a health check is the one used. Each endpoint of an agent is an identity of its own,
+probed at its own ``health_url``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 
 from orchestration.agents.python_callable import load_target
 from orchestration.errors import AttemptTimeout
+from orchestration.limits.plan import capacity_of
 from orchestration.resilience.time_limit import call_with_time_limit
 from orchestration.spec import AgentSpec, HealthCheck, parse_agent
 from orchestration.store.agent_registry import AgentRegistry, by_identity
@@ -57,7 +59,7 @@ def run_heartbeat(store: Store, breakers: BreakerStore) -> list[ProbeResult]:
     probed = []
     for identity, rows in by_identity(registry.agents()).items():
         for row in rows:
-            spec = parse_agent(row.spec)
+            spec = _calling(parse_agent(row.spec), identity)
             if spec.probe is not None:
                 probed.append((identity, spec))
                 break
@@ -83,3 +85,11 @@ def run_heartbeat(store: Store, breakers: BreakerStore) -> list[ProbeResult]:
 
     with ThreadPoolExecutor(max_workers=min(8, len(probed))) as pool:
         return list(pool.map(one, probed))
+
+
+def _calling(spec: AgentSpec, identity: str) -> AgentSpec:
+    """The agent as it calls ``identity`` (one of its endpoints: its own health_url)."""
+    for endpoint in capacity_of(spec).endpoints:
+        if endpoint.identity == identity:
+            return endpoint.spec
+    return spec

@@ -28,6 +28,9 @@ from orchestration.constants import (
     REAP_TASK,
     START_TASK,
 )
+from orchestration.limits.connect import limiter_for
+from orchestration.limits.demand import LimiterOutage
+from orchestration.limits.gate import CapacityGate
 from orchestration.settings import Settings
 from orchestration.step_state import record_of
 from orchestration.store.approvals import ApprovalRecords
@@ -88,6 +91,7 @@ class TaskContext:
         state = Store(settings.effective_database_url, connections=settings.db_connections)
         records = DelegationRecords(state)
         breakers = CachedBreakers(BreakerStore(state), settings.breaker_cache_ttl)
+        capacity = CapacityGate(breakers, limiter_for(settings), lease_seconds=settings.lease_ttl)
         runner = Delegation(
             records,
             breakers,
@@ -95,6 +99,7 @@ class TaskContext:
             Ledgers(BudgetRecords(state), ApprovalRecords(state), MemoryRecords(state)),
             prices=settings.prices,
             wake_later=_wake_later,
+            capacity=capacity,
         )
         return cls(settings, state, records, runner, Routing.for_settings(settings))
 
@@ -257,7 +262,7 @@ def delegate(
             queue=delivered.queue,
         )
     except Exception as exc:
-        if not is_transient(exc) and not _is_broker_error(exc):
+        if not _is_outage(exc):
             raise
         # Troupe's own outage (database unreachable or out of connections, broker
         # hiccup), not the agent's: nothing is dropped. This message goes out again
@@ -310,7 +315,7 @@ def run_eagerly(
         try:
             outcome = runner.run(delivery)
         except Exception as exc:
-            if is_transient(exc) or _is_broker_error(exc):
+            if _is_outage(exc):
                 raise
             # Troupe's own error while deciding the step (a bug, a value it cannot
             # handle): that attempt's failure, retried under the policy, then the
@@ -332,6 +337,7 @@ def run_eagerly(
             finish_execution(delivery.execution_id)
         elif outcome.finalized:
             log.info("execution %s finalized: with its last step", delivery.execution_id)
+            runner.ended(delivery.execution_id)
         if outcome.retry is not None:
             retry = outcome.retry
             if delivery is first:
@@ -416,6 +422,12 @@ def _send_later(message: TaskMessage, countdown: float) -> None:
     publish(app, [TaskMessage(message.task, message.args, message.kwargs, options)])
 
 
+def _is_outage(exc: BaseException) -> bool:
+    """Troupe's own infrastructure failed (database, broker, the limits' Redis), not the
+    agent: the message is sent again later, never dropped."""
+    return is_transient(exc) or isinstance(exc, LimiterOutage) or _is_broker_error(exc)
+
+
 def _is_broker_error(exc: BaseException) -> bool:
     errors = tuple(app.connection_for_write().connection_errors)
     return isinstance(exc, errors)
@@ -463,6 +475,7 @@ def finish_execution(execution_id: str) -> dict[str, Any]:
     results = {row.step_id: record_of(row) for row in state.step_results(execution_id)}
     outcome = decide_outcome(plan, results)
     first = state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
+    delegation().ended(execution_id)
     # Operators (and the fault tests) read this line to see an execution end, and to see
     # a redelivered message end it again without changing anything.
     log.info(

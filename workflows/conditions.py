@@ -1,5 +1,5 @@
-"""Expressions in CEL: `when` conditions and `for_each` lists. Safe by construction,
-compiled once; a condition is false on missing data.
+"""Expressions in CEL: `when` conditions, `for_each` lists and keys (`concurrency.key`).
+Safe by construction, compiled once; a condition is false on missing data.
 
 Team files are user input, so expressions are written in the Common Expression Language
 (cel-python): it cannot call Python, and a malformed expression fails at validation.
@@ -8,6 +8,7 @@ They see ``input`` and ``steps.<id>.output`` / ``steps.<id>.status``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -97,6 +98,19 @@ def evaluate_list(
             f"`{condition.expression}` gave {type(result).__name__}, not a list"
         )
     return [_plain(value) for value in result]
+
+
+def evaluate_key(condition: Condition, input_value: Any) -> str | None:
+    """The text a key expression (``concurrency.key``) gives over ``input``: a string as
+    it is, any other value as JSON; None when it cannot be evaluated."""
+    try:
+        result = condition._program.evaluate({"input": json_to_cel(input_value)})
+    except CELEvalError:
+        return None
+    if isinstance(result, CELEvalError):
+        return None
+    value = _plain(result)
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _plain(value: Any) -> Any:

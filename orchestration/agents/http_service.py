@@ -101,7 +101,7 @@ class HttpServiceAgent:
         self.spec = spec
 
     def invoke(self, call: AgentCall) -> AgentResult:
-        url = self.spec.url
+        url = self.spec.call_url
         body = request_body(call)
         headers = self._headers(call)
         try:

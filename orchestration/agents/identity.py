@@ -7,6 +7,9 @@ that share a name but call different things share nothing.
 - ``python``: ``python:<module>:<callable>``
 - ``http``: ``http:<url>``
 - ``openai``: ``openai:<base_url>#<model>``
+
+An agent with ``endpoints`` calls several things: each endpoint is an identity of its
+own, with its own breaker, health and counts of calls in flight.
 """
 
 from __future__ import annotations
@@ -24,14 +27,35 @@ _DIGEST_CHARS = 32
 
 
 def agent_identity(spec: AgentSpec) -> str:
-    """The identity of what ``spec`` calls, at most MAX_LENGTH characters."""
+    """The identity of what ``spec`` calls (of its first endpoint, for an agent with
+    several), at most MAX_LENGTH characters."""
+    return endpoint_identities(spec)[0]
+
+
+def endpoint_identities(spec: AgentSpec) -> tuple[str, ...]:
+    """The identity of each thing ``spec`` may call, in the order of its endpoints."""
     match spec:
         case PythonAgentSpec():
-            return bounded(f"python:{spec.target}")
+            return (bounded(f"python:{spec.target}"),)
         case HttpAgentSpec():
-            return bounded(f"http:{spec.url}")
+            urls = [e.url for e in spec.endpoints] or [spec.call_url]
+            return tuple(bounded(f"http:{url}") for url in urls)
         case OpenAIAgentSpec():
-            return bounded(f"openai:{spec.base_url.rstrip('/')}#{spec.model}")
+            pairs = [(e.base_url or spec.base_url, e.model or spec.model) for e in spec.endpoints]
+            return tuple(
+                bounded(f"openai:{base.rstrip('/')}#{model}")
+                for base, model in pairs or [(spec.base_url, spec.model)]
+            )
+
+
+def limits_identity(spec: AgentSpec) -> str:
+    """What the agent's own limits (``max_concurrency``, ``rate_limit`` beside its kind)
+    count against: what it calls, or with ``endpoints``, all of them together (apart
+    from each endpoint's own limits)."""
+    identities = endpoint_identities(spec)
+    if isinstance(spec, PythonAgentSpec) or not spec.endpoints:
+        return identities[0]
+    return bounded("endpoints:" + ",".join(sorted(identities)))
 
 
 def bounded(identity: str) -> str:

@@ -152,7 +152,7 @@ class _Attempt:
 
     def _fixed_request(self) -> dict[str, Any]:
         spec = self.spec
-        request: dict[str, Any] = {"model": spec.model}
+        request: dict[str, Any] = {"model": spec.model_name}
         if self.tools:
             request["tools"] = [tool.schema() for tool in self.tools.values()]
         if spec.output_schema is not None:
@@ -177,7 +177,7 @@ class _Attempt:
         """One request: reserve, call, settle; the reply's message and finish reason."""
         spec, budget = self.spec, self.call.budget
         reservation = budget.reserve(
-            spec.model, self.conversation.token_bound + fixed_bound, spec.max_tokens
+            spec.model_name, self.conversation.token_bound + fixed_bound, spec.max_tokens
         )
         try:
             completion = self.client.chat.completions.create(
@@ -242,7 +242,7 @@ class _Attempt:
         which is also what the request was reserved as: priced under a name the table
         does not know, a request's cost would be unknown and go uncounted in a budget.
         """
-        spec_model, reported = self.spec.model, completion.model
+        spec_model, reported = self.spec.model_name, completion.model
         if not reported or reported == spec_model:
             return spec_model
         budget = self.call.budget

@@ -1,7 +1,8 @@
 """Commands about agents' health: breakers, agents.
 
-Both list identities (what agents call: orchestration.agents.identity), each with the
-agent names and teams that use it: that is what a breaker and a heartbeat belong to.
+Both list identities (what agents call: orchestration.agents.identity; each endpoint of
+an agent is one), each with the agent names and teams that use it: that is what a
+breaker, a heartbeat and the counts of calls in flight belong to.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from orchestration.cli import exit_codes
 from orchestration.cli.invocation import Invocation, pass_invocation
+from orchestration.limits.demand import EndpointStats
 from orchestration.resilience.breaker import CLOSED
 from orchestration.store.agent_registry import AgentRegistry, by_identity
 from orchestration.store.breakers import BreakerStore, aware
@@ -119,15 +121,17 @@ def reset(invocation: Invocation, what: str) -> int:
 @click.option("--window", default=3600.0, show_default=True, help="Seconds of recent calls.")
 @pass_invocation
 def agents(invocation: Invocation, as_json: bool, window: float) -> int:
-    """What registered agents call, who calls it, its health, last heartbeat, breaker
-    and recent success rate."""
+    """What registered agents call (each endpoint), who calls it, its health, last
+    heartbeat, breaker, calls in flight, recent latency and success rate."""
     store = invocation.runtime.store
     registry = AgentRegistry(store)
     breaker_views = {view.key: view for view in BreakerStore(store).all()}
     beats = registry.last_heartbeats()
     outcomes = registry.recent_outcomes(now() - timedelta(seconds=window))
+    groups = by_identity(registry.agents())
+    live = _counts(invocation, list(groups))
     rows: list[dict[str, Any]] = []
-    for identity, users in by_identity(registry.agents()).items():
+    for identity, users in groups.items():
         beat = beats.get(identity)
         view = breaker_views.get(identity)
         counts = [outcomes.get((user.team, user.name), (0, 0)) for user in users]
@@ -143,6 +147,9 @@ def agents(invocation: Invocation, as_json: bool, window: float) -> int:
                 "last_heartbeat": _when(beat.at) if beat else None,
                 "latency_ms": beat.latency_ms if beat else None,
                 "breaker": view.snapshot.state if view else CLOSED,
+                # Counted in Redis (None: no Redis to ask).
+                "in_flight": live[identity].in_flight if identity in live else None,
+                "recent_latency_ms": _rounded(live.get(identity)),
                 "recent_calls": total,
                 "success_rate": round(ok / total, 3) if total else None,
             }
@@ -154,19 +161,56 @@ def agents(invocation: Invocation, as_json: bool, window: float) -> int:
         click.echo("no agents yet: run a team first")
         return exit_codes.COMPLETED
     table = Table()
-    columns = ("identity", "used by", "health", "last heartbeat", "breaker", "calls", "success")
+    columns = (
+        "identity",
+        "used by",
+        "health",
+        "last heartbeat",
+        "breaker",
+        "in flight",
+        "latency",
+        "calls",
+        "success",
+    )
     for column in columns:
         table.add_column(column)
     for row in rows:
         rate = row["success_rate"]
+        latency = row["recent_latency_ms"]
         table.add_row(
             str(row["identity"]),
             _users_text(row["used_by"]),
             str(row["health"]),
             str(row["last_heartbeat"] or ""),
             str(row["breaker"]),
+            "" if row["in_flight"] is None else str(row["in_flight"]),
+            "" if latency is None else f"{latency:g} ms",
             str(row["recent_calls"]),
             "" if rate is None else f"{float(rate):.0%}",
         )
     Console(highlight=False).print(table)
     return exit_codes.COMPLETED
+
+
+def _counts(invocation: Invocation, identities: list[str]) -> dict[str, EndpointStats]:
+    """Calls in flight and recent latency per identity, from the Redis where workers
+    count them; none without one (an embedded worker counts in its own process)."""
+    url = invocation.settings.effective_redis_url
+    if url is None or not identities:
+        return {}
+    from orchestration.limits.redis_limiter import RedisLimiter
+
+    limiter = RedisLimiter(url)
+    try:
+        return limiter.stats(identities)
+    except Exception as exc:  # the listing is still worth printing without them
+        click.echo(f"(calls in flight unknown: {type(exc).__name__}: {exc})", err=True)
+        return {}
+    finally:
+        limiter.close()
+
+
+def _rounded(stats: EndpointStats | None) -> float | None:
+    if stats is None or stats.latency_ms is None:
+        return None
+    return round(stats.latency_ms, 1)

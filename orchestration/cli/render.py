@@ -115,6 +115,8 @@ class ProgressPrinter:
         text.append(f" ({agent})", style="dim")
         if status == "running" and attempts > 1:
             text.append(f" attempt {attempts}")
+        elif status == "retrying" and reason and reason.startswith(WAITING):
+            text.append(f": {reason}", style="dim")
         elif status == "retrying":
             text.append(f" attempt {attempts} failed: {error}; retrying")
         elif status == "completed":
@@ -143,19 +145,24 @@ def _moment(iso: str) -> str:
     return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+# How a step waiting for capacity explains itself (workers/delegation.py).
+WAITING = "waiting for capacity"
+
+
 def print_result(console: Console, report: ExecutionReport) -> None:
     table = Table(title=f"{report.team} · {report.execution_id}", title_justify="left")
     for column in ("step", "agent", "status", "attempts", "ms", "error / reason"):
         table.add_column(column)
     for step in report.steps:
+        reason = report.reasons.get(step.id)
+        waiting = step.status == "retrying" and reason and reason.startswith(WAITING)
         table.add_row(
             step.id,
             step.agent,
             Text(step.status, style=_STYLE.get(step.status, "")),
             str(step.attempts),
             "" if step.duration_ms is None else str(step.duration_ms),
-            step.error
-            or report.reasons.get(step.id)
+            (reason if waiting else step.error or reason)
             or (approval_text(step.approval) if step.approval else ""),
         )
     console.print(table)
@@ -178,7 +185,9 @@ def print_attempts(console: Console, attempts: list[AttemptReport]) -> None:
         table.add_column(column)
     for attempt in attempts:
         usage = attempt.usage or {}
-        tokens = f"{usage.get('tokens_in', 0):,}/{usage.get('tokens_out', 0):,}" if usage else ""
+        # A failed call may record only where it went (its endpoint).
+        counted = "tokens_in" in usage
+        tokens = f"{usage.get('tokens_in', 0):,}/{usage.get('tokens_out', 0):,}" if counted else ""
         table.add_row(
             attempt.step,
             str(attempt.attempt),

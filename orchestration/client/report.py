@@ -199,6 +199,8 @@ def build_report(
     total: Usage | None = None
     asked = _approvals(execution, approvals or [])
     for step_id, agent, record in usage or ():
+        if not _reports_usage(record):
+            continue  # only where the call went (a failed call to an endpoint)
         one = _usage(record)
         by_step[step_id] = by_step.get(step_id, Usage()) + one
         by_agent[agent] = by_agent.get(agent, Usage()) + one
@@ -217,6 +219,10 @@ def build_report(
         usage_by_agent={agent: UsageReport.of(u) for agent, u in sorted(by_agent.items())},
         handoffs=handoff_reports(handoffs or []),
     )
+
+
+def _reports_usage(record: dict[str, Any]) -> bool:
+    return any(record.get(name) is not None for name in _USAGE_FIELDS if name != "endpoint")
 
 
 def _usage(record: dict[str, Any]) -> Usage:

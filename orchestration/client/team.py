@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from orchestration.agents.identity import agent_identity
+from orchestration.agents.identity import endpoint_identities
 from orchestration.client.handle import ExecutionHandle
 from orchestration.client.report import ExecutionReport
 from orchestration.client.runtime import Runtime, default_settings, get_runtime
@@ -124,10 +124,13 @@ class Team:
         breakers = BreakerStore((runtime or get_runtime()).store)
         found = {}
         for name, agent in self.spec.agents.items():
-            view = breakers.get(agent_identity(agent))
-            if view is not None and view.snapshot.state != CLOSED:
-                detail = view.snapshot.last_error or "no detail"
-                found[name] = f"{view.snapshot.state} ({detail})"
+            identities = endpoint_identities(agent)
+            for identity in identities:
+                view = breakers.get(identity)
+                if view is not None and view.snapshot.state != CLOSED:
+                    detail = view.snapshot.last_error or "no detail"
+                    where = f"{identity}: " if len(identities) > 1 else ""
+                    found[name] = f"{where}{view.snapshot.state} ({detail})"
         return found
 
     def run(

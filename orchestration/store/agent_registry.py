@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from orchestration.agents.identity import agent_identity
+from orchestration.agents.identity import agent_identity, endpoint_identities
 from orchestration.constants import OUTCOME_REJECTED, OUTCOME_SUCCESS
 from orchestration.spec import parse_agent
 from orchestration.store.models import AgentRow, AttemptRow, ExecutionRow, HeartbeatRow
@@ -144,8 +144,13 @@ class AgentRegistry:
 
 
 def by_identity(rows: Iterable[AgentRow]) -> dict[str, list[AgentRow]]:
-    """Registered agents grouped by what they call, in the order given."""
+    """Registered agents grouped by what they call, in the order given: an agent with
+    endpoints under each of them (its row's identity is its first endpoint's)."""
     groups: dict[str, list[AgentRow]] = {}
     for row in rows:
-        groups.setdefault(row.identity, []).append(row)
+        identities: tuple[str, ...] = (row.identity,)
+        if isinstance(row.spec, dict) and row.spec.get("endpoints"):
+            identities = endpoint_identities(parse_agent(row.spec))
+        for identity in identities:
+            groups.setdefault(identity, []).append(row)
     return groups

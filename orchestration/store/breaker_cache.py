@@ -17,7 +17,7 @@ import threading
 import time
 from datetime import datetime
 
-from orchestration.resilience.breaker import CLOSED, BreakerSnapshot
+from orchestration.resilience.breaker import CLOSED, OPEN, BreakerSnapshot
 from orchestration.spec import BreakerPolicy
 from orchestration.store.breakers import Admission, BreakerStore
 from orchestration.store.repository import now
@@ -66,6 +66,35 @@ class CachedBreakers:
             with self._lock:
                 self._open[key] = (until, admission)
         return admission
+
+    def peek(self, key: str) -> Admission:
+        """Would a call be admitted, without claiming a half-open trial? Allowed (closed,
+        or ``trial``: one is due, and ``admit`` claims it), or the rejection. Routing
+        among an agent's endpoints asks each this before choosing one."""
+        if self._cached(key) is not None:
+            return Admission(allowed=True)
+        rejection = self._cached_rejection(key)
+        if rejection is not None:
+            return rejection
+        view = self.store.get(key)
+        if view is None or view.snapshot.state == CLOSED:
+            self._remember(key, view.snapshot if view is not None else BreakerSnapshot())
+            return Admission(allowed=True)
+        trial_at = view.snapshot.next_trial_at
+        if view.snapshot.state == OPEN and trial_at is not None and now() < trial_at:
+            admission = Admission(
+                allowed=False,
+                state=OPEN,
+                retry_at=trial_at,
+                reason=f"circuit open for {key!r} until "
+                f"{trial_at.isoformat(timespec='milliseconds')}",
+            )
+            if self.ttl > 0:
+                until = time.monotonic() + min(self.ttl, (trial_at - now()).total_seconds())
+                with self._lock:
+                    self._open[key] = (until, admission)
+            return admission
+        return Admission(allowed=True, trial=True, state=view.snapshot.state)
 
     def _cached_rejection(self, key: str) -> Admission | None:
         with self._lock:

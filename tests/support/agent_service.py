@@ -3,8 +3,9 @@
 Tests script what each path answers (status, headers, body, delay), in order, the last
 reply repeating; a reply may also be a function of the request (to echo an item back).
 Every request is recorded with its headers, body and arrival time (``time.monotonic`` of
-this process, so a test can measure the gap between a call and its retry). ``GET
-/health`` answers 200 while ``healthy`` is set, 503 otherwise.
+this process, so a test can measure the gap between a call and its retry), and the POSTs
+being answered at once are counted (``max_in_flight``). ``GET /health`` answers 200
+while ``healthy`` is set, 503 otherwise.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class AgentService:
         self._arrived = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self.healthy = True
+        # POSTs being answered right now, and the most there ever were at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         # Handler threads may be sleeping through a scripted delay: stop() must not wait.
         self._server.daemon_threads = True
@@ -164,7 +168,15 @@ class AgentService:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self._send(service._answer(self._received(self.rfile.read(length))))
+                received = self._received(self.rfile.read(length))
+                with service._lock:
+                    service.in_flight += 1
+                    service.max_in_flight = max(service.max_in_flight, service.in_flight)
+                try:
+                    self._send(service._answer(received))
+                finally:
+                    with service._lock:
+                        service.in_flight -= 1
 
             def _received(self, body: bytes) -> Recorded:
                 return Recorded(
