@@ -5,6 +5,7 @@ delegation, statements and commits per delegation, and optionally a cProfile lis
     python -m bench.profile_delegation [--steps 2000] [--strategy parallel] [--profile]
     python -m bench.profile_delegation --breaker-open   # every delegation is rejected
     python -m bench.profile_delegation --agent openai   # an openai agent's own overhead
+    python -m bench.profile_delegation --metrics        # with a worker's Prometheus metrics
 
 This is the inner loop the worker benchmarks pay for on every task; it isolates Troupe's
 own cost from Celery's and Redis's. It creates and drops its own database
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         default="python",
         help="openai: the adapter's overhead beyond the HTTP round trip (see above)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="record Prometheus metrics, as `worker --metrics-port` does: their cost",
+    )
     args = parser.parse_args(argv)
     if args.agent == "openai" and args.breaker_open:
         parser.error("--breaker-open profiles the no-op agent only")
@@ -83,6 +89,11 @@ def _measure(args: argparse.Namespace) -> int:
     from workers.tasks import store as worker_store
     from workflows.plan import build_plan
 
+    if args.metrics:
+        from workers import metrics
+
+        # Before the worker's records and breakers are made: they are metered then.
+        metrics.enable()
     runtime = get_runtime()
     breaker = {"breaker": {"when_open": "fail"}} if args.breaker_open else {}
     text = noop_team("profile", args.strategy, args.steps, **breaker)
@@ -147,6 +158,7 @@ def _measure(args: argparse.Namespace) -> int:
                 "round_trips_per_delegation": round(counts["statements"] / n, 2),
                 "commits_per_delegation": round(counts["commits"] / n, 2),
                 "breaker_open": args.breaker_open,
+                "metrics": args.metrics,
                 # Recorded attempts by outcome: with the breaker open, no "success".
                 "attempt_outcomes": outcomes,
             }
@@ -154,6 +166,8 @@ def _measure(args: argparse.Namespace) -> int:
     )
     if profiler:
         _print_profile(profiler, args)
+    if args.metrics:
+        metrics.disable()
     return 0
 
 

@@ -31,7 +31,6 @@ from orchestration.constants import (
 from orchestration.settings import Settings
 from orchestration.step_state import record_of
 from orchestration.store.approvals import ApprovalRecords
-from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.budgets import BudgetRecords
 from orchestration.store.database import dispose_engines
@@ -39,6 +38,7 @@ from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import Store, is_transient, now
+from workers import metrics
 from workers.app import app, app_settings
 from workers.approval_timer import run_timer
 from workers.delegation import Delegation, Delivery, Ledgers, Limits, RetryLater, team_of
@@ -73,8 +73,9 @@ class TaskContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskContext:
         state = Store(settings.effective_database_url, connections=settings.db_connections)
-        records = DelegationRecords(state)
-        breakers = CachedBreakers(BreakerStore(state), settings.breaker_cache_ttl)
+        # Metered when this worker serves metrics (workers/metrics.py), else plain.
+        records = metrics.delegation_records(state)
+        breakers = metrics.cached_breakers(BreakerStore(state), settings.breaker_cache_ttl)
         runner = Delegation(
             records,
             breakers,

@@ -23,6 +23,17 @@ def _require_broker(settings: Settings, command: str) -> None:
 @click.option("--pool", default="prefork", show_default=True)
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("-n", "--hostname", help="Worker node name.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (path /metrics).",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface the metrics are served on (0.0.0.0: all).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_invocation
 def worker(
@@ -31,12 +42,25 @@ def worker(
     pool: str,
     loglevel: str,
     hostname: str | None,
+    metrics_port: int | None,
+    metrics_address: str,
     celery_args: tuple[str, ...],
 ) -> int:
     """Start a Celery worker that runs delegations."""
     settings = invocation.settings
     _require_broker(settings, "worker")
     ensure_schema(settings.effective_database_url, auto_upgrade=False)
+    if metrics_port is not None:
+        # Before the app and its tasks are used and before the pool forks: every pool
+        # process then writes its values where this process's server reads them.
+        from workers import metrics
+
+        try:
+            metrics.serve(metrics_port, metrics_address)
+        except OSError as exc:
+            raise click.UsageError(
+                f"cannot serve metrics on {metrics_address}:{metrics_port}: {exc.strerror or exc}"
+            ) from None
     from workers.app import app, configure_app
 
     # The tasks read these settings from the app; forked pool processes inherit them.
@@ -53,7 +77,13 @@ def worker(
         argv.append("--events")
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app.worker_main([*argv, *celery_args])
+    try:
+        app.worker_main([*argv, *celery_args])
+    finally:
+        if metrics_port is not None:
+            from workers import metrics
+
+            metrics.disable()
     return exit_codes.COMPLETED
 
 
