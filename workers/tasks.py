@@ -28,6 +28,7 @@ from orchestration.constants import (
     REAP_TASK,
     START_TASK,
 )
+from orchestration.errors import DelegationFailed
 from orchestration.settings import Settings
 from orchestration.step_state import record_of
 from orchestration.store.approvals import ApprovalRecords
@@ -196,7 +197,15 @@ def start(execution_id: str, resume: bool = False) -> str:
 
 # No result is stored: the database holds every step's state, and nothing reads a
 # delegation's result from the backend (storing it cost a Redis round trip each).
-@app.task(name=DELEGATE_TASK, bind=True, max_retries=None, acks_late=True, ignore_result=True)
+# DelegationFailed is expected: logged without a traceback, and its message acked.
+@app.task(
+    name=DELEGATE_TASK,
+    bind=True,
+    max_retries=None,
+    acks_late=True,
+    ignore_result=True,
+    throws=(DelegationFailed,),
+)
 def delegate(
     self: Task,
     execution_id: str,
@@ -223,6 +232,8 @@ def delegate(
     )
     try:
         retry = run_eagerly(delivery, settings, orphaned_by=request.id if redelivered else None)
+    except DelegationFailed:
+        raise  # recorded and sent on already: only the task's state is left to set
     except Exception as exc:
         if not is_transient(exc) and not _is_broker_error(exc):
             raise
@@ -262,7 +273,10 @@ def run_eagerly(
 ) -> RetryLater | None:
     """Run the delivered step; then, while the bound allows, one of the steps its
     decision made ready, here, without a broker round trip. Everything else is sent.
-    Returns the delivered step's own retry, for Celery's ``self.retry``."""
+    Returns the delivered step's own retry, for Celery's ``self.retry``; raises
+    DelegationFailed, once all that is done, if the delivered step's attempt failed for
+    good or was refused (the task then ends in FAILURE, as Flower shows it)."""
+    failure: str | None = None
     runner = delegation()
     queue = settings.queue
     held_since = time.monotonic()
@@ -294,6 +308,8 @@ def run_eagerly(
             finish_execution(delivery.execution_id)
         elif outcome.finalized:
             log.info("execution %s finalized: with its last step", delivery.execution_id)
+        if delivery is first:
+            failure = outcome.failure
         if outcome.retry is not None:
             retry = outcome.retry
             if delivery is first:
@@ -317,6 +333,8 @@ def run_eagerly(
         if send:
             publish(app, _messages(delivery.execution_id, send, queue, orphaned_by))
         if eager is None:
+            if failure is not None:
+                raise DelegationFailed(f"{first.step_id}: {failure}")
             return None
         delivery = Delivery(
             execution_id=delivery.execution_id,
