@@ -34,12 +34,13 @@ from orchestration.step_state import record_of
 from orchestration.store.approvals import ApprovalRecords
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.budgets import BudgetRecords
+from orchestration.store.canvas import CanvasRecords
 from orchestration.store.database import dispose_engines
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import Store, is_transient, now
-from workers import metrics
+from workers import canvas, metrics
 from workers.app import app, app_settings
 from workers.approval_timer import run_timer
 from workers.delegation import Delegation, Delivery, Ledgers, Limits, RetryLater, team_of
@@ -308,6 +309,7 @@ def run_eagerly(
             finish_execution(delivery.execution_id)
         elif outcome.finalized:
             log.info("execution %s finalized: with its last step", delivery.execution_id)
+            complete_signature(delivery.execution_id)
         if delivery is first:
             failure = outcome.failure
         if outcome.retry is not None:
@@ -425,6 +427,7 @@ def finish_execution(execution_id: str) -> dict[str, Any]:
     results = {row.step_id: record_of(row) for row in state.step_results(execution_id)}
     outcome = decide_outcome(plan, results)
     first = state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
+    complete_signature(execution_id)
     # Operators (and the fault tests) read this line to see an execution end, and to see
     # a redelivered message end it again without changing anything.
     log.info(
@@ -434,6 +437,21 @@ def finish_execution(execution_id: str) -> dict[str, Any]:
         "" if first else " (already recorded)",
     )
     return {"execution_id": execution_id, "status": outcome.status}
+
+
+def complete_signature(execution_id: str) -> None:
+    """An execution started by a Celery signature (Team.s) has ended: send the task
+    that completes the signature (workers/canvas.py). Any other costs one round trip."""
+    try:
+        canvas.complete(app, CanvasRecords(store()), execution_id)
+    except Exception:
+        # The execution's end stands; the reaper's sweep sends it again later.
+        log.exception("execution %s: its signature's completion was not sent", execution_id)
+
+
+# Ended executions whose signature's completion is unsent this long after their end
+# are swept by the reaper: cancelled by a client, or their ender died in between.
+CANVAS_SWEEP_AFTER = 5.0
 
 
 @app.task(name=HEARTBEAT_TASK)
@@ -490,7 +508,14 @@ def reap_once() -> dict[str, Any]:
     )
     if report.lost_attempts or report.resumed:
         log.warning("reaper: lost attempts %s; resumed %s", report.lost_attempts, report.resumed)
-    return {"lost_attempts": len(report.lost_attempts), "resumed": report.resumed}
+    completed = canvas.sweep(app, CanvasRecords(shared.store), CANVAS_SWEEP_AFTER)
+    if completed:
+        log.info("reaper: completed team signatures %s", completed)
+    return {
+        "lost_attempts": len(report.lost_attempts),
+        "resumed": report.resumed,
+        "signatures": len(completed),
+    }
 
 
 __all__ = ["approval_due", "delegate", "finalize", "finish_execution", "heartbeat", "reap", "start"]
