@@ -6,6 +6,7 @@ delegation, statements and commits per delegation, and optionally a cProfile lis
     python -m bench.profile_delegation --breaker-open   # every delegation is rejected
     python -m bench.profile_delegation --agent openai   # an openai agent's own overhead
     python -m bench.profile_delegation --limits         # the agent declares limits
+    python -m bench.profile_delegation --metrics        # with a worker's Prometheus metrics
 
 This is the inner loop the worker benchmarks pay for on every task; it isolates Troupe's
 own cost from Celery's and Redis's. It creates and drops its own database
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the agent declares limits no call reaches: the cost of the limit checks",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="record Prometheus metrics, as `worker --metrics-port` does: their cost",
+    )
     args = parser.parse_args(argv)
     if args.agent == "openai" and args.breaker_open:
         parser.error("--breaker-open profiles the no-op agent only")
@@ -100,6 +106,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from workers.tasks import store as worker_store
     from workflows.plan import build_plan
 
+    if args.metrics:
+        from workers import metrics
+
+        # Before the worker's records and breakers are made: they are metered then.
+        metrics.enable()
     runtime = get_runtime()
     breaker = {"breaker": {"when_open": "fail"}} if args.breaker_open else {}
     limits = UNREACHED_LIMITS if getattr(args, "limits", False) else {}
@@ -158,6 +169,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     outcomes = _outcomes(runtime.store.engine, execution_id)
     if profiler:
         _print_profile(profiler, args)
+    if args.metrics:
+        metrics.disable()
     return {
         "benchmark": "profile_delegation",
         "strategy": args.strategy,
@@ -169,6 +182,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "limiter_calls_per_delegation": round(sum(limiter_calls.values()) / n, 2),
         "breaker_open": args.breaker_open,
         "limits": bool(getattr(args, "limits", False)),
+        "metrics": bool(getattr(args, "metrics", False)),
         # Recorded attempts by outcome: with the breaker open, no "success".
         "attempt_outcomes": outcomes,
     }

@@ -25,6 +25,9 @@ FINALIZE_TASK: Final = "troupe.finalize"
 HEARTBEAT_TASK: Final = "troupe.heartbeat"
 REAP_TASK: Final = "troupe.reap"
 APPROVAL_DUE_TASK: Final = "troupe.approval_due"
+# A team run as a Celery signature (Team.s), and the task that completes it.
+RUN_TEAM_TASK: Final = "troupe.run_team"
+TEAM_RESULT_TASK: Final = "troupe.team_result"
 
 PENDING: Final = StepStatus.PENDING
 RUNNING: Final = StepStatus.RUNNING
@@ -64,12 +67,14 @@ __all__ = [
     "REAP_TASK",
     "RETRYING",
     "RUNNING",
+    "RUN_TEAM_TASK",
     "SKIPPED",
     "SKIP_CONDITION",
     "SKIP_JOIN",
     "SKIP_UPSTREAM",
     "START_TASK",
     "STEP_FINAL",
+    "TEAM_RESULT_TASK",
     "WAITING_APPROVAL",
     "ExecutionStatus",
     "StepStatus",

@@ -71,6 +71,18 @@ class StepNotFound(ExecutionError):
         super().__init__(f"execution {execution_id} has no step {step_id!r}")
 
 
+class ExecutionFailed(ExecutionError):
+    """A team run as a Celery signature (``Team.s``) failed or was cancelled: its task
+    ends with this error, so a chain stops there and its error callbacks run. One
+    message argument, so that Celery rebuilds it from JSON where the result is read."""
+
+
+class DelegationFailed(TroupeError):
+    """Raised by a delegation's Celery task once its attempt's failure or refusal is
+    recorded, so that the task ends in Celery's FAILURE state (Flower shows it with this
+    message). It is never retried: the retry policy already ran."""
+
+
 # --- agents -----------------------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ from orchestration.errors import TroupeError
 from orchestration.settings import Settings
 from workers.celery_config import celery_config
 
-app = Celery("troupe", include=["workers.tasks"])
+# workers.canvas_tasks: a team run as a Celery signature (Team.s).
+app = Celery("troupe", include=["workers.tasks", "workers.canvas_tasks"])
 
 # The one place the tasks read Troupe's settings from: set with the app's configuration,
 # and fixed once anything has read them (Celery, or a task).

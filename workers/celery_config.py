@@ -29,6 +29,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # its worker dies, and a worker holds one message at a time so a crash strands at
         # most one.
         "task_acks_late": True,
+        # A delegation whose attempt failed raises DelegationFailed after recording it
+        # (Flower shows FAILURE): its message is acked then, never delivered again.
+        "task_acks_on_failure_or_timeout": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": settings.queue,

@@ -150,6 +150,9 @@ class Outcome:
     retry: RetryLater | None = None
     # The step waits for an approval: its timer message goes out with this countdown.
     wake_in: float | None = None
+    # The delivered attempt failed for good or was refused ("Type: message"): the task
+    # ends in Celery's FAILURE state, which Flower shows.
+    failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -360,10 +363,13 @@ class Delegation:
         else:
             countdown = Countdown(dependents=step.dependents, sink=step.sink)
         decided = store.record_failure(end, countdown)
+        failure = f"{InternalError.__name__}: {message}"
         if decided is None:
-            return Outcome()
+            return Outcome(failure=failure)
         return Outcome(
-            send=tuple((sid, 1) for sid in _made_ready(team.plan, decided)), ended=decided.ended
+            send=tuple((sid, 1) for sid in _made_ready(team.plan, decided)),
+            ended=decided.ended,
+            failure=failure,
         )
 
     def _carry_out(self, decision: d.Decision | approvals.GateDecision, state: _State) -> Outcome:
@@ -605,7 +611,8 @@ class Delegation:
             execution_pending=state.execution_pending,
             finish=state.finish_with(failed),
         )
-        return state.continuation(decided, finalized=state.finishes)
+        continued = state.continuation(decided, finalized=state.finishes)
+        return replace(continued, failure=failed.error)
 
     def _cancel_parents(self, decision: d.CancelParents, state: _State) -> Outcome:
         """Cancel the parents a join no longer waits for, counting down what waits for
@@ -958,7 +965,8 @@ class Delegation:
                 execution_pending=state.execution_pending,
                 finish=state.finish_with(failed),
             )
-            return state.continuation(decided, finalized=state.finishes)
+            continued = state.continuation(decided, finalized=state.finishes)
+            return replace(continued, failure=failed.error)
         seconds = time.perf_counter() - started
         route.release(
             Settlement(seconds=seconds, tokens=result.usage.tokens_in + result.usage.tokens_out)

@@ -28,20 +28,22 @@ from orchestration.constants import (
     REAP_TASK,
     START_TASK,
 )
+from orchestration.errors import DelegationFailed
 from orchestration.limits.connect import limiter_for
 from orchestration.limits.demand import LimiterOutage
 from orchestration.limits.gate import CapacityGate
 from orchestration.settings import Settings
 from orchestration.step_state import record_of
 from orchestration.store.approvals import ApprovalRecords
-from orchestration.store.breaker_cache import CachedBreakers
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.budgets import BudgetRecords
+from orchestration.store.canvas import CanvasRecords
 from orchestration.store.database import dispose_engines
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.maintenance import MaintenanceRecords
 from orchestration.store.memory import MemoryRecords
 from orchestration.store.repository import Store, is_transient, now
+from workers import canvas, metrics
 from workers.app import app, app_settings
 from workers.approval_timer import run_timer
 from workers.delegation import (
@@ -89,8 +91,9 @@ class TaskContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskContext:
         state = Store(settings.effective_database_url, connections=settings.db_connections)
-        records = DelegationRecords(state)
-        breakers = CachedBreakers(BreakerStore(state), settings.breaker_cache_ttl)
+        # Metered when this worker serves metrics (workers/metrics.py), else plain.
+        records = metrics.delegation_records(state)
+        breakers = metrics.cached_breakers(BreakerStore(state), settings.breaker_cache_ttl)
         capacity = CapacityGate(breakers, limiter_for(settings), lease_seconds=settings.lease_ttl)
         runner = Delegation(
             records,
@@ -225,7 +228,15 @@ def start(execution_id: str, resume: bool = False, promote: bool = False) -> str
 
 # No result is stored: the database holds every step's state, and nothing reads a
 # delegation's result from the backend (storing it cost a Redis round trip each).
-@app.task(name=DELEGATE_TASK, bind=True, max_retries=None, acks_late=True, ignore_result=True)
+# DelegationFailed is expected: logged without a traceback, and its message acked.
+@app.task(
+    name=DELEGATE_TASK,
+    bind=True,
+    max_retries=None,
+    acks_late=True,
+    ignore_result=True,
+    throws=(DelegationFailed,),
+)
 def delegate(
     self: Task,
     execution_id: str,
@@ -261,6 +272,8 @@ def delegate(
             orphaned_by=request.id if redelivered else None,
             queue=delivered.queue,
         )
+    except DelegationFailed:
+        raise  # recorded and sent on already: only the task's state is left to set
     except Exception as exc:
         if not _is_outage(exc):
             raise
@@ -303,7 +316,10 @@ def run_eagerly(
     decision made ready, here, without a broker round trip. Everything else is sent.
     Only a step whose agent's queue is ``queue`` (the one the message came from, which
     this worker serves) runs here: another's runs where its queue is served.
-    Returns the delivered step's own retry, for Celery's ``self.retry``."""
+    Returns the delivered step's own retry, for Celery's ``self.retry``; raises
+    DelegationFailed, once all that is done, if the delivered step's attempt failed for
+    good or was refused (the task then ends in FAILURE, as Flower shows it)."""
+    failure: str | None = None
     runner = delegation()
     queue = queue or settings.queue
     held_since = time.monotonic()
@@ -338,6 +354,9 @@ def run_eagerly(
         elif outcome.finalized:
             log.info("execution %s finalized: with its last step", delivery.execution_id)
             runner.ended(delivery.execution_id)
+            complete_signature(delivery.execution_id)
+        if delivery is first:
+            failure = outcome.failure
         if outcome.retry is not None:
             retry = outcome.retry
             if delivery is first:
@@ -361,6 +380,8 @@ def run_eagerly(
         if send:
             publish(app, _messages(delivery.execution_id, send, orphaned_by))
         if eager is None:
+            if failure is not None:
+                raise DelegationFailed(f"{first.step_id}: {failure}")
             return None
         delivery = Delivery(
             execution_id=delivery.execution_id,
@@ -476,6 +497,7 @@ def finish_execution(execution_id: str) -> dict[str, Any]:
     outcome = decide_outcome(plan, results)
     first = state.finish_execution(execution_id, outcome.status, outcome.output, outcome.error)
     delegation().ended(execution_id)
+    complete_signature(execution_id)
     # Operators (and the fault tests) read this line to see an execution end, and to see
     # a redelivered message end it again without changing anything.
     log.info(
@@ -485,6 +507,21 @@ def finish_execution(execution_id: str) -> dict[str, Any]:
         "" if first else " (already recorded)",
     )
     return {"execution_id": execution_id, "status": outcome.status}
+
+
+def complete_signature(execution_id: str) -> None:
+    """An execution started by a Celery signature (Team.s) has ended: send the task
+    that completes the signature (workers/canvas.py). Any other costs one round trip."""
+    try:
+        canvas.complete(app, CanvasRecords(store()), execution_id)
+    except Exception:
+        # The execution's end stands; the reaper's sweep sends it again later.
+        log.exception("execution %s: its signature's completion was not sent", execution_id)
+
+
+# Ended executions whose signature's completion is unsent this long after their end
+# are swept by the reaper: cancelled by a client, or their ender died in between.
+CANVAS_SWEEP_AFTER = 5.0
 
 
 @app.task(name=HEARTBEAT_TASK)
@@ -552,10 +589,14 @@ def reap_once() -> dict[str, Any]:
         log.warning(
             "reaper: promoted %s (their steps waited %gs)", report.promoted, settings.max_wait
         )
+    completed = canvas.sweep(app, CanvasRecords(shared.store), CANVAS_SWEEP_AFTER)
+    if completed:
+        log.info("reaper: completed team signatures %s", completed)
     return {
         "lost_attempts": len(report.lost_attempts),
         "resumed": report.resumed,
         "promoted": report.promoted,
+        "signatures": len(completed),
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 
 import click
@@ -32,6 +34,17 @@ def _require_broker(settings: Settings, command: str) -> None:
     help="Queues to serve, comma-separated: those agents name in `queue:` "
     "(default: Troupe's queue, TROUPE_QUEUE).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (path /metrics).",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface the metrics are served on (0.0.0.0: all).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_invocation
 def worker(
@@ -41,6 +54,8 @@ def worker(
     loglevel: str,
     hostname: str | None,
     queues: str | None,
+    metrics_port: int | None,
+    metrics_address: str,
     celery_args: tuple[str, ...],
 ) -> int:
     """Start a Celery worker that runs delegations."""
@@ -48,6 +63,17 @@ def worker(
     _require_broker(settings, "worker")
     served = _queues(queues, settings)
     ensure_schema(settings.effective_database_url, auto_upgrade=False)
+    if metrics_port is not None:
+        # Before the app and its tasks are used and before the pool forks: every pool
+        # process then writes its values where this process's server reads them.
+        from workers import metrics
+
+        try:
+            metrics.serve(metrics_port, metrics_address)
+        except OSError as exc:
+            raise click.UsageError(
+                f"cannot serve metrics on {metrics_address}:{metrics_port}: {exc.strerror or exc}"
+            ) from None
     from workers.app import app, configure_app
 
     # The tasks read these settings from the app; forked pool processes inherit them.
@@ -64,7 +90,13 @@ def worker(
         argv.append("--events")
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app.worker_main([*argv, *celery_args])
+    try:
+        app.worker_main([*argv, *celery_args])
+    finally:
+        if metrics_port is not None:
+            from workers import metrics
+
+            metrics.disable()
     return exit_codes.COMPLETED
 
 
@@ -104,25 +136,68 @@ def beat(invocation: Invocation, loglevel: str, celery_args: tuple[str, ...]) ->
     return exit_codes.COMPLETED
 
 
+# Basic-auth credentials for Flower ("user:password", several comma-separated): read
+# from the environment and handed to Flower in its own variable, so that they never
+# appear in the process's argv (ps shows it to every user of the host).
+FLOWER_AUTH_ENV = "TROUPE_FLOWER_BASIC_AUTH"
+
+
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", default=5555, show_default=True, type=int)
-@click.option("--address", help="Interface to listen on (Flower's default: all).")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on. Any other than loopback needs authentication "
+    f"({FLOWER_AUTH_ENV}=user:password, or Flower's --auth).",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 @pass_invocation
-def flower(
-    invocation: Invocation, port: int, address: str | None, flower_args: tuple[str, ...]
-) -> int:
+def flower(invocation: Invocation, port: int, address: str, flower_args: tuple[str, ...]) -> int:
     """Start the Flower dashboard; delegations appear under their agents' names."""
     _require_broker(invocation.settings, "flower")
+    credentials = os.environ.get(FLOWER_AUTH_ENV, "").strip()
+    if credentials:
+        if not all(_credential(pair) for pair in credentials.split(",")):
+            # Never echo the value: it holds passwords.
+            raise click.UsageError(
+                f"{FLOWER_AUTH_ENV} must be user:password pairs separated by commas"
+            )
+        os.environ["FLOWER_BASIC_AUTH"] = credentials
+    if not _loopback(address) and not _authenticated(flower_args):
+        raise click.UsageError(
+            f"flower would listen on {address or 'every interface'} without authentication: "
+            f"set {FLOWER_AUTH_ENV}=user:password, or listen on --address 127.0.0.1"
+        )
     from workers.app import app, configure_app
 
     configure_app(invocation.settings)
 
-    argv = ["flower", f"--port={port}"]
-    if address:
-        argv.append(f"--address={address}")
-    app.start([*argv, *flower_args])
+    app.start(["flower", f"--port={port}", f"--address={address}", *flower_args])
     return exit_codes.COMPLETED
+
+
+def _credential(pair: str) -> bool:
+    user, colon, password = pair.partition(":")
+    return bool(user.strip() and colon and password)
+
+
+def _loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # "" (every interface) or a host name: not known to be local
+
+
+def _authenticated(flower_args: tuple[str, ...]) -> bool:
+    """Flower will ask for credentials: basic auth or OAuth, from the environment
+    (FLOWER_*, as Flower reads it) or from its own options."""
+    if os.environ.get("FLOWER_BASIC_AUTH") or os.environ.get("FLOWER_AUTH"):
+        return True
+    options = ("--basic-auth", "--basic_auth", "--auth")
+    return any(arg.split("=", 1)[0] in options for arg in flower_args)
 
 
 @click.group()

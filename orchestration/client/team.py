@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestration.agents.identity import endpoint_identities
 from orchestration.client.handle import ExecutionHandle
@@ -19,6 +19,9 @@ from orchestration.store.breakers import BreakerStore
 from orchestration.store.repository import spec_digest
 from orchestration.team_file import load_team, parse_team
 from workflows.plan import ExecutionPlan, build_plan
+
+if TYPE_CHECKING:
+    from workers.canvas import TeamSignature
 
 
 class Team:
@@ -77,19 +80,8 @@ class Team:
         if check_worker:
             runtime.ensure_worker(self.queues)
         execution_id = str(uuid.uuid4())
-        spec, digest = self._spec_json()
+        spec, digest, effective = self._spec_with(budget, level)
         AgentRegistry(runtime.store).register_agents(self.name, spec["agents"])
-        # Workers read an execution's budget and priority (which every message of the
-        # execution carries) from its stored spec.
-        changes: dict[str, Any] = {}
-        effective = (self.spec.budget or Budget()).merged(budget)
-        if effective != self.spec.budget and effective != Budget():
-            changes["budget"] = effective.model_dump(mode="json")
-        if level is not self.spec.priority:
-            changes["priority"] = level.value
-        if changes:
-            spec = {**spec, **changes}
-            digest = spec_digest(spec)
         runtime.executions.create_execution(
             execution_id, spec, self.plan, input, digest, budget=effective
         )
@@ -108,6 +100,77 @@ class Team:
         return tuple(
             sorted({agent.queue for agent in self.spec.agents.values() if agent.queue is not None})
         )
+
+    def s(
+        self,
+        *args: Any,
+        budget: Budget | None = None,
+        runtime: Runtime | None = None,
+        **options: Any,
+    ) -> TeamSignature:
+        """A Celery signature that runs this team as a durable execution and gives its
+        output to the canvas: ``chain(fetch.s(url), team.s(), store.s())``,
+        ``group(team.s(x) for x in xs)``, a chord over teams. Given no input, it takes
+        the previous task's result in a chain. ``options`` are Celery's (``link_error``,
+        ``countdown``…); the signature's task id is the execution's id.
+
+        Its task records the execution and returns at once (no worker slot is held while
+        the team runs); when the execution ends its result is stored under that task
+        id, or, if it failed or was cancelled, the task fails with ``ExecutionFailed``
+        and the canvas's error callbacks run. Needs a result backend (Redis by default)
+        to read results or run chords."""
+        return self._signature(args, budget, runtime, immutable=False, options=options)
+
+    def si(
+        self,
+        *args: Any,
+        budget: Budget | None = None,
+        runtime: Runtime | None = None,
+        **options: Any,
+    ) -> TeamSignature:
+        """As :meth:`s`, immutable: in a chain it ignores the previous task's result."""
+        return self._signature(args, budget, runtime, immutable=True, options=options)
+
+    def _signature(
+        self,
+        args: tuple[Any, ...],
+        budget: Budget | None,
+        runtime: Runtime | None,
+        *,
+        immutable: bool,
+        options: dict[str, Any],
+    ) -> TeamSignature:
+        from workers.app import app
+        from workers.canvas import team_signature
+
+        spec, _, _ = self._spec_with(budget, self.spec.priority)
+        settings = runtime.settings if runtime is not None else default_settings()
+        return team_signature(
+            runtime.app if runtime is not None else app,
+            spec,
+            args,
+            queue=settings.queue,
+            immutable=immutable,
+            options=options,
+        )
+
+    def _spec_with(
+        self, budget: Budget | None, level: Priority
+    ) -> tuple[dict[str, Any], str, Budget]:
+        """The spec as stored for one run, its digest, and the budget. Workers read an
+        execution's budget and priority (which every message of the execution carries)
+        from its stored spec, so those given for this run are merged into it."""
+        spec, digest = self._spec_json()
+        changes: dict[str, Any] = {}
+        effective = (self.spec.budget or Budget()).merged(budget)
+        if effective != self.spec.budget and effective != Budget():
+            changes["budget"] = effective.model_dump(mode="json")
+        if level is not self.spec.priority:
+            changes["priority"] = level.value
+        if changes:
+            spec = {**spec, **changes}
+            digest = spec_digest(spec)
+        return spec, digest, effective
 
     def _spec_json(self) -> tuple[dict[str, Any], str]:
         # The spec never changes: serialise and digest it once per Team.

@@ -78,6 +78,13 @@ CROSS JOIN LATERAL (
 EXECUTION_DIGEST_SQL: Final = """
 SELECT spec_digest FROM troupe_executions WHERE id = :eid"""
 
+# An execution started by a Celery signature (Team.s): its completion, claimed once the
+# execution ended. Every execution's end asks, so this is prepared: one without a row
+# costs a primary-key lookup.
+CANVAS_CLAIM_SQL: Final = """
+UPDATE troupe_canvas SET sent_at = :ts WHERE execution_id = :eid AND sent_at IS NULL
+RETURNING completion"""
+
 # --- the end of an attempt, written in one round trip ---------------------------------
 #
 # An attempt that ends quickly is recorded once, at its end: the attempt row (inserted,

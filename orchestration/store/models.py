@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -314,3 +315,28 @@ class ApprovalRow(Base):
     decided_by: Mapped[str | None] = mapped_column(String(200))
     comment: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime | None]
+
+
+class CanvasRow(Base):
+    """An execution started by a Celery signature (``Team.s()``), and the Celery task
+    that completes that signature once the execution ends."""
+
+    __tablename__ = "troupe_canvas"
+    __table_args__ = (
+        Index(
+            "ix_troupe_canvas_unsent",
+            "created_at",
+            postgresql_where=text("sent_at IS NULL"),
+            sqlite_where=text("sent_at IS NULL"),
+        ),
+    )
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("troupe_executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    # A Celery signature, as JSON: Celery's own replacement of the signature's task
+    # (its id, chain, callbacks, error callbacks, group and chord).
+    completion: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    # Set by whoever sends it (compare-and-set); None: not sent yet.
+    sent_at: Mapped[datetime | None]

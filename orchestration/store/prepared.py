@@ -65,6 +65,9 @@ READ: Final = prepare(
     types={"eid": "varchar", "sid": "varchar", "ids": "varchar[]"},
 )
 DIGEST: Final = prepare("troupe_execution_digest", hot.EXECUTION_DIGEST_SQL)
+CANVAS_CLAIM: Final = prepare(
+    "troupe_canvas_claim", hot.CANVAS_CLAIM_SQL, types={"ts": "timestamptz", "eid": "varchar"}
+)
 WRITES: Final = {
     sql: prepare(f"troupe_write_{index}", sql) for index, sql in enumerate(hot.WRITE_SQL)
 }
@@ -83,7 +86,7 @@ def _prepare_all(dbapi_connection: Any, _record: Any) -> None:
         # an unnested array looked dearer than a custom plan), 0.3 ms each time. The
         # statements are written so that their generic plans look rows up by primary key.
         cursor.execute("SET plan_cache_mode = force_generic_plan")
-        for statement in (READ, DIGEST, *WRITES.values()):
+        for statement in (READ, DIGEST, CANVAS_CLAIM, *WRITES.values()):
             cursor.execute(statement.prepare_sql)
     finally:
         cursor.close()

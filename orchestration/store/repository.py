@@ -240,6 +240,16 @@ class Store:
             params = {"eid": execution_id, "ids": [step_id, *ids]}
             return list(connection.execute(hot.DELEGATION_STATE, params))
 
+    def run_prepared(
+        self, statement: prepared.PreparedStatement, params: dict[str, Any]
+    ) -> list[Any] | None:
+        """The rows of one of the hot path's prepared statements (PostgreSQL); None
+        where there are none (SQLite: the caller runs its own statement)."""
+        if self._hot is None:
+            return None
+        rows, _ = self._hot.execute(statement.execute_sql, params)
+        return rows
+
     def read_digest(self, execution_id: str) -> list[Any]:
         if self._hot is not None:
             found, _ = self._hot.execute(prepared.DIGEST.execute_sql, {"eid": execution_id})

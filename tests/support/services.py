@@ -80,6 +80,8 @@ class WorkerProcess:
     concurrency: int = 2
     cwd: Path = ROOT
     pool: str = "prefork"
+    # More `manage.py worker` options (e.g. --metrics-port).
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -98,6 +100,7 @@ class WorkerProcess:
                     self.hostname,
                     "-l",
                     "INFO",
+                    *self.extra_args,
                 ],
                 cwd=self.cwd,
                 env=self.env,
