@@ -362,7 +362,9 @@ def test_a_retry_after_pauses_the_endpoint_for_every_worker(
         # A limit no call reaches: the agent is counted in Redis, where pauses live.
         agent = http_agent(url=url, max_concurrency=100)
         one = write_team(tmp_path, {"svc": agent}, steps("svc", 1, prefix="first"))
-        many = write_team(tmp_path, {"svc": agent}, steps("svc", 8))
+        # More steps than one worker takes at once (4 threads, 4 reserved), so both
+        # workers get some and both must keep to the pause.
+        many = write_team(tmp_path, {"svc": agent}, steps("svc", 16))
         with deployment.cluster.dump_on_failure():
             ids = deployment.wide.enqueue(one, [None])
             service.wait_for("/agent", 1)
@@ -383,10 +385,10 @@ def test_a_retry_after_pauses_the_endpoint_for_every_worker(
         assert set(states.values()) == {"completed"}
         start = first_at[0]
         times = arrivals(service)
-        # Only the first call (and none of the 8 others) reached the service during
-        # the pause; all 9 succeeded after it.
+        # Only the first call (and none of the 16 others) reached the service during
+        # the pause; all 17 succeeded after it.
         assert [t for t in times if start < t < start + pause - 0.05] == []
-        assert len([t for t in times if t >= start + pause - 0.05]) == 9
+        assert len([t for t in times if t >= start + pause - 0.05]) == 17
         workers = query(
             deployment.database_url,
             "SELECT DISTINCT worker FROM troupe_attempts WHERE execution_id = :id",

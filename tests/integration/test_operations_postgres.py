@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from orchestration.store.database import upgrade_schema
 from tests.support.cli_runs import json_of, run_many
+from tests.support.peak_memory import measured, peak_mb
 from tests.support.services import MANAGE, PYTHON, ROOT, run_manage, subprocess_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -105,24 +106,12 @@ class Export:
     returncode: int
 
 
-# Runs the command and writes its peak resident set size (KiB) to the file argv[1]. The
-# measuring is done from this small process, not from pytest: a child's ru_maxrss counts
-# the memory of the process it was forked from until it execs, and pytest is large.
-_MEASURE = """
-import os, subprocess, sys
-child = subprocess.Popen(sys.argv[2:])
-_, status, usage = os.wait4(child.pid, 0)
-with open(sys.argv[1], "w") as peak:
-    peak.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def export(env: dict[str, str], peak_file: Path, *args: str) -> Export:
     """`audit export ARGS`, its output counted as it streams, and its peak resident set
     size as the kernel accounted it (wait4's rusage of that one process)."""
-    process = subprocess.Popen(
-        [PYTHON, "-c", _MEASURE, str(peak_file), PYTHON, str(MANAGE), "audit", "export", *args],
+    process = measured(
+        [PYTHON, str(MANAGE), "audit", "export", *args],
+        peak_file,
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -141,7 +130,7 @@ def export(env: dict[str, str], peak_file: Path, *args: str) -> Export:
         lines=lines,
         first=first,
         last=last,
-        peak_rss_mb=int(peak_file.read_text()) / 1024,  # KiB on Linux
+        peak_rss_mb=peak_mb(peak_file),
         returncode=returncode,
     )
 

@@ -6,7 +6,6 @@ ones, made at run time, and mutants of the example team)."""
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import time
@@ -19,6 +18,7 @@ from orchestration.bounded_yaml import load_bounded
 from orchestration.errors import TeamFileError
 from orchestration.team_file import load_team, parse_team
 from tests.support.hostile_files import CORPUS, code_running_tags, generated, mutants
+from tests.support.peak_memory import kill, measured, peak_mb
 from tests.support.services import MANAGE, PYTHON, ROOT
 
 SECONDS = 2.0  # CPU time to load and validate any one file
@@ -247,30 +247,26 @@ def manage(path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str, 
     """Run ``manage.py ARGS... PATH``: exit code, stdout, stderr and peak memory in MB."""
     command = args or ("validate",)
     out, err = path.parent / f"{path.stem}.out", path.parent / f"{path.stem}.err"
+    peak = path.parent / f"{path.stem}.peak"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(
+        process = measured(
             [PYTHON, str(MANAGE), *command, str(path)],
+            peak,
             cwd=ROOT,
             env=env,
             stdout=stdout,
             stderr=stderr,
         )
-        deadline = time.monotonic() + 60
-        # wait4, not wait: it also reports the child's peak memory.
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"manage.py {' '.join(command)} hung on {path.name}")
-            time.sleep(0.05)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            returncode = process.wait(60)
+        except subprocess.TimeoutExpired:
+            kill(process)
+            pytest.fail(f"manage.py {' '.join(command)} hung on {path.name}")
     return (
-        process.returncode,
+        returncode,
         out.read_text(encoding="utf-8", errors="replace"),
         err.read_text(encoding="utf-8", errors="replace"),
-        usage.ru_maxrss / 1024,
+        peak_mb(peak),
     )
 
 
