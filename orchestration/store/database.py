@@ -15,7 +15,9 @@ from sqlalchemy.pool import NullPool
 from orchestration.errors import TroupeError
 from orchestration.store import prepared
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The package orchestration.migrations, beside the installed code (in a checkout, a link
+# to the top-level migrations/ directory).
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
