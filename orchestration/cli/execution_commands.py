@@ -111,8 +111,11 @@ def run_team(
         report = handle.wait(timeout=timeout, on_progress=progress)
     except (WaitTimeout, KeyboardInterrupt) as exc:
         if settings.embedded:
-            # The worker dies with this process: record that the run stops here.
-            handle.cancel("run-team stopped waiting and its embedded worker stopped")
+            # The worker dies with this process: record that the run stops here, its
+            # running steps included (nothing would ever end them).
+            handle.cancel(
+                "run-team stopped waiting and its embedded worker stopped", abandon_running=True
+            )
         elif isinstance(exc, WaitTimeout):
             raise WaitTimeout(handle.execution_id, exc.seconds) from None
         if isinstance(exc, KeyboardInterrupt):
