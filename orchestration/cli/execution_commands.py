@@ -95,6 +95,9 @@ def run_team(
     console = Console(stderr=as_json, highlight=False)
     for agent, state in team.open_breakers(runtime).items():
         click.echo(f"warning: agent {agent!r} circuit breaker is {state}", err=True)
+    if no_wait:
+        # Nothing waits for a worker, but the steps must reach the broker.
+        runtime.ensure_broker()
     handle = team.enqueue(input_value, check_worker=not no_wait, budget=budget, runtime=runtime)
     if no_wait:
         click.echo(

@@ -73,11 +73,21 @@ class Runtime:
                 )
             self.worker.start()
             return
+        self.ensure_broker()
         if not self.workers_answering():
             raise NoWorkerError(
                 f"no worker answers on {self.safe_broker_url()} (queue "
                 f"{self.settings.queue!r}); start one with `python manage.py worker`"
             )
+
+    def ensure_broker(self) -> None:
+        """Distributed: BrokerUnavailable, naming the broker, if it does not answer within
+        seconds (Celery's own calls would retry it for longer, then fail obscurely)."""
+        if self.settings.embedded:
+            return
+        from workers.app import check_broker
+
+        check_broker(self.app)
 
     def workers_answering(self, timeout: float = 1.5) -> bool:
         """Does some worker consume our queue? Any worker on the broker answers a ping,
