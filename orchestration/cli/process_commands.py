@@ -62,16 +62,18 @@ def worker(
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_invocation
 def beat(invocation: Invocation, loglevel: str, celery_args: tuple[str, ...]) -> int:
-    """Start Celery beat, which schedules heartbeats and the reaper."""
+    """Start Celery beat, which schedules heartbeats and the reaper (one per broker and
+    queue: a second one exits 1)."""
     settings = invocation.settings
     _require_broker(settings, "beat")
-    from workers.app import app, configure_app
+    from workers.app import configure_app
+    from workers.beat_lock import run_beat
 
     configure_app(settings)
 
     schedule = settings.state_dir / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])
+    run_beat(settings, ["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])
     return exit_codes.COMPLETED
 
 
