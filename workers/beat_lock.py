@@ -138,7 +138,31 @@ class BeatLock:
             self._client.eval(_RELEASE, 1, self.key, self._value)
 
 
-def _describe(holder: bytes | None) -> str:
+def holder_here(settings: Settings) -> str | None:
+    """Who holds the lock, if it is a beat of this host (a container's health check);
+    None if none does."""
+    key = KEY_PREFIX + settings.queue
+    client = redis.Redis.from_url(
+        settings.effective_broker_url,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+    )
+    try:
+        holder = client.get(key)
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(
+            f"cannot reach the broker at {safe_broker_url(settings.effective_broker_url)}: {exc}"
+        ) from None
+    finally:
+        client.close()
+    try:
+        here = json.loads(holder or b"").get("host") == socket.gethostname()
+    except (ValueError, AttributeError):
+        here = False
+    return f"{_describe(holder)}; key {key}" if here else None
+
+
+def _describe(holder: bytes | str | None) -> str:
     """Who holds the lock, from its value: pid, host and since when."""
     try:
         data = json.loads(holder or b"")

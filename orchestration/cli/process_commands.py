@@ -59,15 +59,28 @@ def worker(
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Start nothing: exit 0 if a beat of this host holds the lock, else 1 (health check).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_invocation
-def beat(invocation: Invocation, loglevel: str, celery_args: tuple[str, ...]) -> int:
+def beat(invocation: Invocation, loglevel: str, check: bool, celery_args: tuple[str, ...]) -> int:
     """Start Celery beat, which schedules heartbeats and the reaper (one per broker and
     queue: a second one exits 1)."""
     settings = invocation.settings
     _require_broker(settings, "beat")
     from workers.app import configure_app
-    from workers.beat_lock import run_beat
+    from workers.beat_lock import holder_here, run_beat
+
+    if check:
+        holder = holder_here(settings)
+        if holder is None:
+            click.echo("no beat of this host holds the lock", err=True)
+            return exit_codes.FAILED
+        click.echo(f"beat lock held: {holder}")
+        return exit_codes.COMPLETED
 
     configure_app(settings)
 

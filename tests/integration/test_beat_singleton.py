@@ -115,10 +115,16 @@ def test_a_second_beat_exits_and_the_next_one_starts(
         assert lines[0].startswith("error: another beat already runs on redis://"), lines
         assert f"pid {first.process.pid}" in lines[0]
         assert json.loads(lock() or b"{}").get("pid") == first.process.pid
+        # The health check of a beat's container: a beat of this host holds the lock.
+        check = run_manage(["beat", "--check"], beat_env, timeout=30)
+        assert check.returncode == 0, describe(check)
+        assert f"pid {first.process.pid}" in check.stdout
 
         first.process.send_signal(signal.SIGTERM)
         assert first.wait_exit() == 0, first.output()
         assert lock() is None, "a beat stopped cleanly left its lock behind"
+        check = run_manage(["beat", "--check"], beat_env, timeout=30)
+        assert check.returncode == 1, describe(check)
     finally:
         first.kill()
 
