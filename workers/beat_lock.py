@@ -178,7 +178,7 @@ def run_beat(settings: Settings, argv: list[str]) -> None:
 
     if not has_lock(settings):
         logger.warning(
-            "beat: no lock on a %s broker: make sure only one beat runs",
+            "beat: no beat lock on this broker (%s): make sure only one beat runs",
             settings.effective_broker_url.partition("://")[0],
         )
         app.start(argv)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestration.client.handle import ExecutionHandle
-from orchestration.errors import NoWorkerError
+from orchestration.errors import BrokerUnavailable, NoWorkerError
 from orchestration.settings import Settings
 from orchestration.store.database import ensure_schema
 from orchestration.store.executions import ExecutionRecords
@@ -103,7 +103,12 @@ class Runtime:
 
     def revoke(self, task_ids: list[str]) -> None:
         # Revoked ids live only in running workers' memory; the database check each
-        # delegation makes is what actually holds. This just spares queued messages.
+        # delegation makes is what actually holds. This just spares queued messages, so
+        # a broker out of reach is no reason to fail (or to wait for it).
+        try:
+            self.ensure_broker()
+        except BrokerUnavailable:
+            return
         self.app.control.revoke(task_ids)
 
     def handle(self, execution_id: str) -> ExecutionHandle:

@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestration.store.database import ensure_schema
+from orchestration.store.delegations import DelegationRecords
+from orchestration.store.executions import ExecutionRecords
+from orchestration.store.repository import Store
+from orchestration.team_file import parse_team
 from tests.support.services import describe, run_manage, subprocess_env
 from tests.support.teams import write_team
+from workflows.plan import build_plan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,3 +100,37 @@ def test_an_unreachable_database(
     assert f"127.0.0.1:{port}/troupe" in line
     assert "secret" not in line
     print(f"database {answer} ({command}): exit 4 after {elapsed:.2f} s")
+
+
+def test_stop_records_the_cancel_when_the_broker_is_unreachable(migrated_sqlite: str) -> None:
+    """Revoking queued messages only spares work; the recorded cancel is what holds, so
+    `stop` does not fail (or wait) for a broker it cannot reach."""
+    spec = parse_team(
+        yaml.safe_dump(
+            {
+                "name": "stopped",
+                "agents": {"a": {"target": "json:dumps"}},
+                "workflow": {"strategy": "sequential", "steps": [{"id": "one", "agent": "a"}]},
+            }
+        ),
+        source="stopped.yaml",
+    )
+    store = Store(migrated_sqlite)
+    execution_id = str(uuid.uuid4())
+    ExecutionRecords(store).create_execution(
+        execution_id, spec.model_dump(mode="json"), build_plan(spec), input_value=None
+    )
+    # A queued attempt: its task id is what stop would revoke.
+    DelegationRecords(store).begin_attempt(execution_id, "one", "a", 1, "task-1", "w")
+    env = subprocess_env(
+        {
+            "TROUPE_BROKER_URL": f"redis://127.0.0.1:{REFUSED_PORT}/0",
+            "TROUPE_DATABASE_URL": migrated_sqlite,
+        }
+    )
+    started = time.monotonic()
+    result = run_manage(["stop", execution_id], env, timeout=30)
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.strip() == f"execution {execution_id} cancelled"
+    assert time.monotonic() - started < BOUND_SECONDS
+    assert ExecutionRecords(store).execution_status(execution_id) == "cancelled"
