@@ -5,7 +5,7 @@ the key ``troupe:beat:<queue>`` with SET NX and a lease (``Settings.lease_ttl``,
 lease intervals), renews it every lease interval from a thread while beat runs, and
 deletes it on the way out; each renewal and the release change the key only while it
 still holds this beat's own value. A beat that dies without releasing it leaves a key
-that expires with its lease, so the next one starts at most a lease later. One that
+that expires with its lease: a beat can start again at most a lease later. One that
 loses its lock (Redis unreachable for a whole lease, or the key gone) stops: another
 beat may have started meanwhile.
 """
@@ -56,7 +56,8 @@ class BeatAlreadyRunning(TroupeError):
 
 
 class BeatLockLost(TroupeError):
-    """This beat could not renew its lock within its lease, so it stopped."""
+    """This beat lost its lock (not renewed within its lease, or the key gone), so it
+    stopped."""
 
 
 def has_lock(settings: Settings) -> bool:

@@ -72,9 +72,11 @@ def beat(invocation: Invocation, loglevel: str, check: bool, celery_args: tuple[
     settings = invocation.settings
     _require_broker(settings, "beat")
     from workers.app import configure_app
-    from workers.beat_lock import holder_here, run_beat
+    from workers.beat_lock import has_lock, holder_here, run_beat
 
     if check:
+        if not has_lock(settings):
+            raise click.UsageError("`beat --check` needs a Redis broker, where the lock lives")
         holder = holder_here(settings)
         if holder is None:
             click.echo("no beat of this host holds the lock", err=True)
