@@ -34,4 +34,4 @@ bench-quick: $(VENV)/.installed
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .troupe .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .troupe .mypy_cache .ruff_cache *.egg-info build dist

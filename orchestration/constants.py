@@ -41,6 +41,7 @@ WAITING_APPROVAL: Final = StepStatus.WAITING_APPROVAL
 SKIP_CONDITION: Final = SkipCause.CONDITION
 SKIP_UPSTREAM: Final = SkipCause.UPSTREAM
 SKIP_JOIN: Final = SkipCause.JOIN
+SKIP_STOPPED: Final = SkipCause.STOPPED
 
 OUTCOME_SUCCESS: Final = AttemptOutcome.SUCCESS
 OUTCOME_ERROR: Final = AttemptOutcome.ERROR
@@ -71,6 +72,7 @@ __all__ = [
     "SKIPPED",
     "SKIP_CONDITION",
     "SKIP_JOIN",
+    "SKIP_STOPPED",
     "SKIP_UPSTREAM",
     "START_TASK",
     "STEP_FINAL",

@@ -59,6 +59,10 @@ class NoWorkerError(ExecutionError):
     """Distributed mode, and no worker answers on the broker."""
 
 
+class BrokerUnavailable(NoWorkerError):
+    """Distributed mode, and the broker itself does not answer: no worker can."""
+
+
 class ApprovalRefused(ExecutionError):
     """A decision on a step's approval was not recorded: the step does not wait for one
     (decided already, not reached yet, no approval), or the decider is not an approver."""

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # three events per delegation took ~40% of a busy worker's main process, and Flower
     # switches them on in every worker (every 5 s) while it runs.
     task_events: bool = False
+    # Flower's basic auth, "user:password" (several: comma-separated), for
+    # `manage.py flower`; docker-compose.yml passes it through. Unset: no auth.
+    flower_basic_auth: str | None = None
     # Embedded mode polls the in-memory queue; kombu's default of 1 s makes every hop slow.
     embedded_polling_interval: float = 0.01
     poll_interval: float = 0.1

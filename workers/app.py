@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery
 
-from orchestration.errors import TroupeError
+from orchestration.errors import BrokerUnavailable, TroupeError
 from orchestration.settings import Settings
 from workers.celery_config import celery_config
 
@@ -75,6 +75,32 @@ def _configure_from_environment(**_: Any) -> None:
 
 
 app.on_configure.connect(_configure_from_environment)
+
+
+# How long `check_broker` waits for the broker: to connect, and for its first answer.
+BROKER_CHECK_TIMEOUT = 2.0
+
+
+def check_broker(celery_app: Celery, timeout: float = BROKER_CHECK_TIMEOUT) -> None:
+    """Connect to the app's broker once, with short timeouts: BrokerUnavailable naming it
+    if it refuses or does not answer. Left to itself, kombu retries a connection for
+    several seconds (Redis: no read timeout at all, so a server that accepts and never
+    answers holds it for good) before an error that names no broker."""
+    url = celery_app.conf.broker_url
+    connection = celery_app.connection_for_write(
+        connect_timeout=timeout,
+        transport_options={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    try:
+        # One attempt: each retry would cost the whole timeout again.
+        connection.ensure_connection(max_retries=0, timeout=timeout)
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BrokerUnavailable(
+            f"cannot reach the broker at {safe_broker_url(url)}: {detail}"
+        ) from None
+    finally:
+        connection.release()
 
 
 def safe_broker_url(url: str) -> str:

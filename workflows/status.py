@@ -36,11 +36,14 @@ class SkipCause(StrEnum):
     """Why a step was skipped: its own condition was false (not a failure; dependents
     still run), or something upstream failed (dependents are skipped too). And why a
     step was cancelled when the execution was not: a join stopped waiting for it (its
-    quorum was met, its deadline passed, or it failed or was skipped first)."""
+    quorum was met, its deadline passed, or it failed or was skipped first). And why a
+    step was cancelled while it ran: the worker running it stopped with its process
+    (embedded mode), so no result of it counts any more."""
 
     CONDITION = "condition"
     UPSTREAM = "upstream"
     JOIN = "join"
+    STOPPED = "stopped"
 
 
 class AttemptOutcome(StrEnum):

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+import examples
 from orchestration.cli import exit_codes
 from orchestration.cli.invocation import Invocation, pass_invocation
 from orchestration.cli.live import follow
@@ -35,7 +36,12 @@ def _exit_code(report: ExecutionReport) -> int:
 
 
 @click.command("run-team")
-@click.argument("team_file", type=click.Path(dir_okay=False))
+@click.argument("team_file", type=click.Path(dir_okay=False), required=False)
+@click.option(
+    "--example",
+    type=click.Choice(sorted(examples.SAMPLE_INPUTS)),
+    help="Run a shipped example team instead of TEAM_FILE (input: its sample, unless given).",
+)
 @click.option("--input", "input_text", help="The execution input, as text.")
 @click.option("--input-json", help="The execution input, as a JSON value.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
@@ -63,7 +69,8 @@ def _exit_code(report: ExecutionReport) -> int:
 @pass_invocation
 def run_team(
     invocation: Invocation,
-    team_file: str,
+    team_file: str | None,
+    example: str | None,
     input_text: str | None,
     input_json: str | None,
     as_json: bool,
@@ -74,6 +81,13 @@ def run_team(
     priority: str | None,
 ) -> int:
     """Run TEAM_FILE and wait for its result."""
+    if (team_file is None) == (example is None):
+        raise click.UsageError("give TEAM_FILE or --example NAME (one of them)")
+    if example is not None:
+        team_file = str(examples.team_file(example))
+        if input_text is None and input_json is None:
+            input_text = examples.sample_input(example)
+    assert team_file is not None
     input_value = _parse_input(input_text, input_json)
     budget = None
     if max_cost_usd is not None or max_tokens is not None:
@@ -89,6 +103,9 @@ def run_team(
     console = Console(stderr=as_json, highlight=False)
     for agent, state in team.open_breakers(runtime).items():
         click.echo(f"warning: agent {agent!r} circuit breaker is {state}", err=True)
+    if no_wait:
+        # Nothing waits for a worker, but the steps must reach the broker.
+        runtime.ensure_broker()
     handle = team.enqueue(
         input_value, check_worker=not no_wait, budget=budget, priority=priority, runtime=runtime
     )
@@ -107,8 +124,11 @@ def run_team(
         report = follow(handle, console, timeout=timeout, quiet=as_json, embedded=settings.embedded)
     except (WaitTimeout, KeyboardInterrupt) as exc:
         if settings.embedded:
-            # The worker dies with this process: record that the run stops here.
-            handle.cancel("run-team stopped waiting and its embedded worker stopped")
+            # The worker dies with this process: record that the run stops here, its
+            # running steps included (nothing would ever end them).
+            handle.cancel(
+                "run-team stopped waiting and its embedded worker stopped", abandon_running=True
+            )
         elif isinstance(exc, WaitTimeout):
             raise WaitTimeout(handle.execution_id, exc.seconds) from None
         if isinstance(exc, KeyboardInterrupt):

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except ValidationError as exc:
         fail(_invalid_settings(exc), exit_codes.USAGE)
     try:
-        code = cli.main(args=argv, prog_name="manage.py", standalone_mode=False, obj=invocation)
+        code = cli.main(args=argv, prog_name=_prog_name(), standalone_mode=False, obj=invocation)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.Abort:
@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
             invocation,
         )
     leave(code if isinstance(code, int) else 0, invocation)
+
+
+def _prog_name() -> str:
+    # The same command line runs as `python manage.py` in a checkout and as the `troupe`
+    # console script of an installed wheel: usage lines name the one that was typed.
+    return "troupe" if os.path.basename(sys.argv[0]) == "troupe" else "manage.py"
 
 
 def _invalid_settings(exc: ValidationError) -> str:

@@ -120,19 +120,36 @@ def _queues(option: str | None, settings: Settings) -> list[str]:
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Start nothing: exit 0 if a beat of this host holds the lock, else 1 (health check).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_invocation
-def beat(invocation: Invocation, loglevel: str, celery_args: tuple[str, ...]) -> int:
-    """Start Celery beat, which schedules heartbeats and the reaper."""
+def beat(invocation: Invocation, loglevel: str, check: bool, celery_args: tuple[str, ...]) -> int:
+    """Start Celery beat, which schedules heartbeats and the reaper (one per broker and
+    queue: a second one exits 1)."""
     settings = invocation.settings
     _require_broker(settings, "beat")
-    from workers.app import app, configure_app
+    from workers.app import configure_app
+    from workers.beat_lock import has_lock, holder_here, run_beat
+
+    if check:
+        if not has_lock(settings):
+            raise click.UsageError("`beat --check` needs a Redis broker, where the lock lives")
+        holder = holder_here(settings)
+        if holder is None:
+            click.echo("no beat of this host holds the lock", err=True)
+            return exit_codes.FAILED
+        click.echo(f"beat lock held: {holder}")
+        return exit_codes.COMPLETED
 
     configure_app(settings)
 
     schedule = settings.state_dir / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])
+    run_beat(settings, ["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])
     return exit_codes.COMPLETED
 
 

@@ -182,11 +182,17 @@ class ExecutionHandle:
             ) from exc
         return approval_report(decided.approval, spec)
 
-    def cancel(self, reason: str = "cancelled by user") -> bool:
+    def cancel(self, reason: str = "cancelled by user", *, abandon_running: bool = False) -> bool:
         """Cancel durably: record it first, so every later delegation sees it before calling
         its agent (even on a worker restarted later), then revoke what is queued.
-        False if the execution had already finished."""
-        if not self._store.cancel_execution(self.execution_id, reason):
+        False if the execution had already finished.
+
+        A step already running goes on, and its result is kept. With ``abandon_running``
+        (for a caller whose embedded worker stops with it) it is cancelled too, and a
+        result that still comes changes only its attempt's audit row."""
+        if not self._store.cancel_execution(
+            self.execution_id, reason, abandon_running=abandon_running
+        ):
             return False
         if self._revoke is not None:
             task_ids = self._store.pending_task_ids(self.execution_id)

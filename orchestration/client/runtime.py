@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestration.client.handle import ExecutionHandle
-from orchestration.errors import NoWorkerError
+from orchestration.errors import BrokerUnavailable, NoWorkerError
 from orchestration.settings import Settings
 from orchestration.spec import TeamSpec
 from orchestration.store.database import ensure_schema
@@ -77,6 +77,7 @@ class Runtime:
                 )
             self.worker.start()
             return
+        self.ensure_broker()
         wanted = [self.settings.queue, *(q for q in queues if q != self.settings.queue)]
         missing = self.unserved(wanted)
         if self.settings.queue in missing:
@@ -90,6 +91,15 @@ class Runtime:
                 f"no worker on {self.safe_broker_url()} serves queue(s) {names} that this "
                 f"team's agents name; start one with `python manage.py worker --queues {names}`"
             )
+
+    def ensure_broker(self) -> None:
+        """Distributed: BrokerUnavailable, naming the broker, if it does not answer within
+        seconds (Celery's own calls would retry it for longer, then fail obscurely)."""
+        if self.settings.embedded:
+            return
+        from workers.app import check_broker
+
+        check_broker(self.app)
 
     def workers_answering(self, timeout: float = 1.5) -> bool:
         """Does some worker consume our queue?"""
@@ -109,7 +119,12 @@ class Runtime:
 
     def revoke(self, task_ids: list[str]) -> None:
         # Revoked ids live only in running workers' memory; the database check each
-        # delegation makes is what actually holds. This just spares queued messages.
+        # delegation makes is what actually holds. This just spares queued messages, so
+        # a broker out of reach is no reason to fail (or to wait for it).
+        try:
+            self.ensure_broker()
+        except BrokerUnavailable:
+            return
         self.app.control.revoke(task_ids)
 
     def handle(self, execution_id: str) -> ExecutionHandle:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from orchestration.errors import TroupeError
 from orchestration.store import prepared
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The package orchestration.migrations, beside the installed code (in a checkout, a link
+# to the top-level migrations/ directory).
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -24,6 +27,12 @@ _lock = threading.Lock()
 class SchemaError(TroupeError):
     """The database is unreachable or its schema is not at the current revision."""
 
+
+# How long the schema check, a command's first contact with a database server, waits
+# for it to answer (libpq's connect_timeout; 2 s is its least): an unreachable database
+# is one line and exit 4 within seconds, not a hang of the operating system's TCP
+# timeout.
+SCHEMA_CONNECT_TIMEOUT = 2
 
 # How long a statement waits for a free pooled connection before the wait counts as a
 # transient failure (retried, never dropped).
@@ -106,18 +115,55 @@ def _alembic_config(url: str) -> Any:
 def _schema_connection(url: str, *, transaction: bool) -> Iterator[Any]:
     """A connection for checking or migrating the schema. On a server, one of its own,
     closed after: the process's pool, sized by its connection bound, is created later by
-    the store (a worker checks the schema before anything else)."""
-    if make_url(url).get_backend_name() == "sqlite":
+    the store (a worker checks the schema before anything else).
+
+    Every command's first contact with the database, so a database it cannot reach is
+    SchemaError at once, naming it, and a server that does not answer is given up on
+    after SCHEMA_CONNECT_TIMEOUT."""
+    sqlite = make_url(url).get_backend_name() == "sqlite"
+    if sqlite:
         engine = get_engine(url)
-        with engine.begin() if transaction else engine.connect() as connection:
-            yield connection
-        return
-    engine = create_engine(url, poolclass=NullPool)
+    else:
+        engine = create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": SCHEMA_CONNECT_TIMEOUT}
+        )
     try:
-        with engine.begin() if transaction else engine.connect() as connection:
+        connection = engine.connect() if sqlite else _connect_within(engine, url)
+        with connection, connection.begin() if transaction else nullcontext():
             yield connection
     finally:
-        engine.dispose()
+        if not sqlite:
+            engine.dispose()
+
+
+def _connect_within(engine: Engine, url: str) -> Any:
+    """``engine.connect()``, given up on after SCHEMA_CONNECT_TIMEOUT whatever the
+    driver does: libpq's connect_timeout counts per attempt, and with sslmode=prefer a
+    server that accepts and never answers costs two."""
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def connect() -> None:
+        try:
+            outcome.append(engine.connect())
+        except BaseException as exc:
+            outcome.append(exc)
+        done.set()
+
+    # A daemon thread: one that is still connecting when we give up never holds up the
+    # process's exit, and libpq's own timeout ends it soon after.
+    threading.Thread(target=connect, name="troupe-schema-connect", daemon=True).start()
+    if not done.wait(SCHEMA_CONNECT_TIMEOUT + 0.5):
+        raise SchemaError(
+            f"cannot reach the database at {_safe(url)}: no answer within "
+            f"{SCHEMA_CONNECT_TIMEOUT} s"
+        )
+    (result,) = outcome
+    if isinstance(result, DBAPIError):
+        raise SchemaError(f"cannot reach the database at {_safe(url)}: {_first_line(result.orig)}")
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def upgrade_schema(url: str) -> None:
@@ -153,13 +199,17 @@ def ensure_schema(url: str, *, auto_upgrade: bool) -> None:
         raise
     except Exception as exc:
         raise SchemaError(
-            f"cannot use the database at {_safe(url)}: {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            f"cannot use the database at {_safe(url)}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
     raise SchemaError(
         f"the database at {_safe(url)} has no current Troupe schema; "
         "run `python manage.py db upgrade`"
     )
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _safe(url: str) -> str:

@@ -10,8 +10,11 @@ from sqlalchemy import and_, or_, select
 from orchestration.constants import (
     CANCELLED,
     EXECUTION_FINAL,
+    OUTCOME_LOST,
     PENDING,
     RETRYING,
+    RUNNING,
+    SKIP_STOPPED,
     WAITING_APPROVAL,
 )
 from orchestration.errors import ExecutionNotFound
@@ -132,8 +135,14 @@ class ExecutionRecords:
             return list(session.scalars(query.order_by(AttemptRow.id)))
 
     @_retrying
-    def cancel_execution(self, execution_id: str, reason: str) -> bool:
-        """Durably cancel: the execution and its unstarted steps, before anything is revoked."""
+    def cancel_execution(
+        self, execution_id: str, reason: str, *, abandon_running: bool = False
+    ) -> bool:
+        """Durably cancel: the execution and its unstarted steps, before anything is revoked.
+
+        ``abandon_running``: its running steps too, and their open attempts are closed as
+        lost, for a caller whose worker stops with it. A result that still comes is kept
+        in its attempt's row, not in the step (``hot_statements.COMPLETE_STEP_SQL``)."""
         stamp = now()
         with self._store.session() as session, session.begin():
             row = session.get(ExecutionRow, execution_id, with_for_update=True)
@@ -153,6 +162,27 @@ class ExecutionRecords:
                 )
                 .values(status=CANCELLED, reason=reason, finished_at=stamp)
             )
+            if abandon_running:
+                session.execute(
+                    plain_update(StepRow)
+                    .where(StepRow.execution_id == execution_id, StepRow.status == RUNNING)
+                    .values(
+                        status=CANCELLED,
+                        skip_cause=SKIP_STOPPED,
+                        reason=reason,
+                        finished_at=stamp,
+                    )
+                )
+                session.execute(
+                    plain_update(AttemptRow)
+                    .where(AttemptRow.execution_id == execution_id, AttemptRow.outcome.is_(None))
+                    .values(
+                        outcome=OUTCOME_LOST,
+                        finished_at=stamp,
+                        error_type="WorkerStopped",
+                        error_message=reason,
+                    )
+                )
             return True
 
     @_retrying

@@ -28,6 +28,7 @@ from orchestration.constants import (
     RETRYING,
     RUNNING,
     SKIP_JOIN,
+    SKIP_STOPPED,
 )
 from orchestration.constants import STEP_FINAL as _FINAL
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
@@ -135,14 +136,17 @@ WHERE id = :eid AND status NOT IN {_EXECUTION_FINAL_SQL}"""
 # (a stop cancels only steps that are pending or waiting to retry). Not so for a parent
 # a join cancelled when it stopped waiting for it: that cancel counted down what waits
 # for the parent, and the join's record must not change, so the late result stays in
-# the attempt's row only.
+# the attempt's row only. Nor for a step cancelled while it ran because its embedded
+# worker stopped with its process: that run is over, and a result that still lands
+# (the worker's last moments) must not bring the step back.
 _DECIDED_SQL = _sql_list(_FINAL - {CANCELLED})
+_FINAL_CANCELS_SQL = _sql_list(frozenset({SKIP_JOIN, SKIP_STOPPED}))
 COMPLETE_STEP_SQL: Final = f"""
 UPDATE troupe_steps SET status = '{COMPLETED}', attempts = :att, output = :out,
     error_type = NULL, error_message = NULL, reason = NULL, next_attempt_at = NULL,
     started_at = COALESCE(started_at, :started), finished_at = :ts, duration_ms = :step_ms
 WHERE execution_id = :eid AND step_id = :sid AND status NOT IN {_DECIDED_SQL}
-    AND (skip_cause IS NULL OR skip_cause <> '{SKIP_JOIN}')"""
+    AND (skip_cause IS NULL OR skip_cause NOT IN {_FINAL_CANCELS_SQL})"""
 
 RETRY_STEP_SQL: Final = f"""
 UPDATE troupe_steps SET status = '{RETRYING}', attempts = :att,
