@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python manage.py run-team examples/code_audit/team.yaml --input examples/code_audit/sample_project
 
+# Two processes, each taking whole files (their module fixtures start workers): most
+# tests wait on sleeps, brokers and subprocesses, so the suite takes about half the time.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
