@@ -11,13 +11,18 @@ from rich.console import Console
 import examples
 from orchestration.cli import exit_codes
 from orchestration.cli.invocation import Invocation, pass_invocation
-from orchestration.cli.live import follow
 from orchestration.cli.render import print_attempts, print_plan, print_result
+from orchestration.cli.runs import (
+    budget_of,
+    budget_options,
+    print_enqueued,
+    refuse_no_wait_embedded,
+    wait_and_report,
+)
 from orchestration.client.report import ExecutionReport
 from orchestration.client.team import Team, execution
-from orchestration.errors import ApprovalRefused, WaitTimeout
+from orchestration.errors import ApprovalRefused
 from orchestration.priorities import Priority
-from orchestration.spec import Budget
 
 
 def _parse_input(text: str | None, json_text: str | None) -> Any:
@@ -51,16 +56,7 @@ def _exit_code(report: ExecutionReport) -> int:
     type=click.FloatRange(min=0, min_open=True),
     help="Stop waiting after this many seconds (exit 3).",
 )
-@click.option(
-    "--max-cost-usd",
-    type=click.FloatRange(min=0, min_open=True, max=1e9),
-    help="Budget of this run in USD (replaces the team file's).",
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(min=1, max=10**15),
-    help="Budget of this run in tokens, in + out (replaces the team file's).",
-)
+@budget_options("the team file's")
 @click.option(
     "--priority",
     type=click.Choice([p.value for p in Priority]),
@@ -89,15 +85,9 @@ def run_team(
             input_text = examples.sample_input(example)
     assert team_file is not None
     input_value = _parse_input(input_text, input_json)
-    budget = None
-    if max_cost_usd is not None or max_tokens is not None:
-        budget = Budget(max_cost_usd=max_cost_usd, max_tokens=max_tokens)
+    budget = budget_of(max_cost_usd, max_tokens)
     settings = invocation.settings
-    if no_wait and settings.embedded:
-        raise click.UsageError(
-            "--no-wait needs a broker (set TROUPE_BROKER_URL); the embedded worker lives "
-            "only as long as this command"
-        )
+    refuse_no_wait_embedded(settings, no_wait)
     team = Team.load(team_file, settings=settings)
     runtime = invocation.runtime
     console = Console(stderr=as_json, highlight=False)
@@ -110,35 +100,15 @@ def run_team(
         input_value, check_worker=not no_wait, budget=budget, priority=priority, runtime=runtime
     )
     if no_wait:
-        click.echo(
-            json.dumps({"execution_id": handle.execution_id}) if as_json else handle.execution_id
-        )
-        return exit_codes.COMPLETED
+        return print_enqueued(handle, as_json)
     if not as_json:
         console.print(
             f"execution {handle.execution_id} of team {team.name!r} "
             f"({'embedded' if settings.embedded else 'distributed'})"
         )
-    try:
-        # On a terminal a live table of the steps, else a line per change.
-        report = follow(handle, console, timeout=timeout, quiet=as_json, embedded=settings.embedded)
-    except (WaitTimeout, KeyboardInterrupt) as exc:
-        if settings.embedded:
-            # The worker dies with this process: record that the run stops here, its
-            # running steps included (nothing would ever end them).
-            handle.cancel(
-                "run-team stopped waiting and its embedded worker stopped", abandon_running=True
-            )
-        elif isinstance(exc, WaitTimeout):
-            raise WaitTimeout(handle.execution_id, exc.seconds) from None
-        if isinstance(exc, KeyboardInterrupt):
-            raise click.Abort() from None
-        raise
-    if as_json:
-        click.echo(report.to_json())
-    else:
-        print_result(console, report)
-    return _exit_code(report)
+    return wait_and_report(
+        handle, console, settings, timeout=timeout, as_json=as_json, command="run-team"
+    )
 
 
 @click.command()

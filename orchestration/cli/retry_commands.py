@@ -3,34 +3,22 @@ and watch (attach to one running elsewhere)."""
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich.console import Console
 
-from orchestration.cli import exit_codes
 from orchestration.cli.invocation import Invocation, pass_invocation
 from orchestration.cli.live import follow
-from orchestration.cli.render import print_result
-from orchestration.client.handle import ExecutionHandle
+from orchestration.cli.runs import (
+    budget_of,
+    budget_options,
+    print_enqueued,
+    refuse_no_wait_embedded,
+    show_report,
+    wait_and_report,
+)
 from orchestration.client.history import step_starts
-from orchestration.client.report import ExecutionReport
 from orchestration.client.retry import RetryRefused, retry_execution
 from orchestration.client.team import execution
-from orchestration.errors import WaitTimeout
-from orchestration.spec import Budget
-
-
-def _exit_code(report: ExecutionReport) -> int:
-    return exit_codes.COMPLETED if report.status == "completed" else exit_codes.FAILED
-
-
-def _show(console: Console, report: ExecutionReport, as_json: bool) -> int:
-    if as_json:
-        click.echo(report.to_json())
-    else:
-        print_result(console, report)
-    return _exit_code(report)
 
 
 @click.command()
@@ -48,16 +36,7 @@ def _show(console: Console, report: ExecutionReport, as_json: bool) -> int:
     type=click.FloatRange(min=0, min_open=True),
     help="Stop waiting after this many seconds (exit 3).",
 )
-@click.option(
-    "--max-cost-usd",
-    type=click.FloatRange(min=0, min_open=True, max=1e9),
-    help="Budget of this run in USD (replaces the one recorded).",
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(min=1, max=10**15),
-    help="Budget of this run in tokens, in + out (replaces the one recorded).",
-)
+@budget_options("the one recorded")
 @pass_invocation
 def retry(
     invocation: Invocation,
@@ -74,46 +53,25 @@ def retry(
     depends on them run again; every other step keeps its recorded output, and its agent
     is not called. Waits and reports like run-team."""
     settings = invocation.settings
-    if no_wait and settings.embedded:
-        raise click.UsageError(
-            "--no-wait needs a broker (set TROUPE_BROKER_URL); the embedded worker lives "
-            "only as long as this command"
-        )
-    budget = None
-    if max_cost_usd is not None or max_tokens is not None:
-        budget = Budget(max_cost_usd=max_cost_usd, max_tokens=max_tokens)
+    refuse_no_wait_embedded(settings, no_wait)
     try:
         handle = retry_execution(
             execution_id,
             from_step=from_step,
-            budget=budget,
+            budget=budget_of(max_cost_usd, max_tokens),
             check_worker=not no_wait,
             runtime=invocation.runtime,
         )
     except RetryRefused as exc:
         raise click.UsageError(str(exc)) from None
     if no_wait:
-        click.echo(
-            json.dumps({"execution_id": handle.execution_id}) if as_json else handle.execution_id
-        )
-        return exit_codes.COMPLETED
+        return print_enqueued(handle, as_json)
     console = Console(stderr=as_json, highlight=False)
     if not as_json:
         console.print(f"execution {handle.execution_id}: a retry of {execution_id}")
-    try:
-        report = follow(handle, console, timeout=timeout, quiet=as_json)
-    except (WaitTimeout, KeyboardInterrupt) as exc:
-        _stop_embedded(invocation, handle)
-        if isinstance(exc, KeyboardInterrupt):
-            raise click.Abort() from None
-        raise WaitTimeout(handle.execution_id, exc.seconds) from None
-    return _show(console, report, as_json)
-
-
-def _stop_embedded(invocation: Invocation, handle: ExecutionHandle) -> None:
-    # Embedded, the worker dies with this process: record that the run stops here.
-    if invocation.settings.embedded:
-        handle.cancel("retry stopped waiting and its embedded worker stopped")
+    return wait_and_report(
+        handle, console, settings, timeout=timeout, as_json=as_json, command="retry"
+    )
 
 
 @click.command()
@@ -138,4 +96,4 @@ def watch(invocation: Invocation, execution_id: str, as_json: bool, timeout: flo
         quiet=as_json,
         started=step_starts(execution_id, runtime=invocation.runtime),
     )
-    return _show(console, report, as_json)
+    return show_report(console, report, as_json)
