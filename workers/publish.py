@@ -15,6 +15,7 @@ A publish from a worker child cost 1.08 ms of CPU that way and 0.82 ms this way
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from orchestration.priorities import PRIORITIES, Priority
 from orchestration.settings import Settings
 from orchestration.spec import AgentSpec
 from workflows.plan import ExecutionPlan
+
+log = logging.getLogger("troupe.worker")
 
 # What a message can be sent at, most urgent first: above every execution's priority,
 # a step the reaper sends again because it waited too long (workers/reaper.py), and
@@ -166,20 +169,44 @@ def first_messages(
     return messages
 
 
+# Messages sent in one Redis pipeline at most (kombu's Producer.batch): a thousand ready
+# steps went out in 0.33 s one by one.
+PUBLISH_BATCH = 100
+
+
 def publish(app: Any, messages: Iterable[TaskMessage]) -> None:
     """Send ``messages`` through one producer. No result is stored or subscribed to:
-    status lives in Troupe's tables."""
+    status lives in Troupe's tables.
+
+    Several messages go out in batches where the broker's transport can (kombu's Redis
+    transport): one round trip each. A batch is sent once, without kombu's retries, so if
+    it fails every message is sent again one by one, with them; a copy that did get
+    through first is a redelivery, which the delegation recognises."""
+    batch = list(messages)
     headers = {SENT_HEADER: time.time()}
     with app.producer_or_acquire() as producer:
-        for message in messages:
-            app.send_task(
-                message.task,
-                args=message.args,
-                kwargs=message.kwargs,
-                producer=producer,
-                ignore_result=True,
-                # Nothing collects a delegation's children: keep them off the parent.
-                add_to_parent=False,
-                headers=headers,
-                **message.options,
-            )
+        if len(batch) > 1:
+            try:
+                with producer.batch(max_size=PUBLISH_BATCH):
+                    _send(app, producer, batch, headers)
+                return
+            except Exception as exc:
+                log.warning(
+                    "publishing %d messages in a batch failed (%s): one by one", len(batch), exc
+                )
+        _send(app, producer, batch, headers)
+
+
+def _send(app: Any, producer: Any, messages: list[TaskMessage], headers: dict[str, Any]) -> None:
+    for message in messages:
+        app.send_task(
+            message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            producer=producer,
+            ignore_result=True,
+            # Nothing collects a delegation's children: keep them off the parent.
+            add_to_parent=False,
+            headers=headers,
+            **message.options,
+        )
