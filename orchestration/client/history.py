@@ -26,6 +26,7 @@ from orchestration.insights import (
 )
 from orchestration.resilience.breaker import CLOSED
 from orchestration.spec import TeamSpec
+from orchestration.spending import USAGE_KEYS
 from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.history import HistoryRecords, Spent
@@ -278,16 +279,9 @@ AUDIT_FIELDS = (
     "duration_ms",
     "worker",
     "task_id",
-    "tokens_in",
-    "tokens_out",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "model",
-    "endpoint",
+    *USAGE_KEYS,
     "tool_calls",
 )
-_USAGE_FIELDS = ("tokens_in", "tokens_out", "cached_tokens", "reasoning_tokens", "cost_usd")
 
 
 def audit_records(
@@ -316,10 +310,8 @@ def audit_records(
             "worker": row["worker"],
             "task_id": row["task_id"],
         }
-        for name in _USAGE_FIELDS:
+        for name in USAGE_KEYS:
             record[name] = usage.get(name)
-        record["model"] = usage.get("model")
-        record["endpoint"] = usage.get("endpoint")
         record["tool_calls"] = row["tool_calls"] or None
         yield record
 
