@@ -19,7 +19,6 @@ from orchestration.client.runtime import Runtime, get_runtime
 from orchestration.constants import COMPLETED, OUTCOME_SUCCESS, STEP_FINAL
 from orchestration.insights import (
     BreakerChange,
-    CallStats,
     Failure,
     Thresholds,
     find_patterns,
@@ -442,8 +441,8 @@ def failure_report(
         )
         for row in records.failures(since, end, REPORT_FAILURES)
     ]
-    current = _call_stats(records, since, end)
-    previous = _call_stats(records, start_before, since)
+    current = records.window_stats(since, end)
+    previous = records.window_stats(start_before, since)
     changes = [
         BreakerChange(key=row.key, at=_aware(row.at), to_state=row.to_state, reason=row.reason)
         for row in records.breaker_events(since, end)
@@ -465,13 +464,6 @@ def failure_report(
             for p in patterns
         ],
     )
-
-
-def _call_stats(records: HistoryRecords, since: datetime, until: datetime) -> dict[str, CallStats]:
-    return {
-        agent: CallStats(calls=s.calls, failures=s.failures, mean_ms=s.mean_ms)
-        for agent, s in records.window_stats(since, until).items()
-    }
 
 
 # --- retention ------------------------------------------------------------------------------
