@@ -10,7 +10,7 @@ by its own usage, and only it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from orchestration.agents.call import Reservation, Usage
 from orchestration.errors import BudgetExceeded
@@ -104,6 +104,19 @@ class AttemptSpending:
         return f"budget exceeded: the call may need {wanted}; {left}"
 
 
+# The keys usage_record writes, in its order: what reads a stored usage (the report,
+# the audit export) names them from here, so it cannot drift from what is written.
+USAGE_KEYS: Final = (
+    "tokens_in",
+    "tokens_out",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "model",
+    "endpoint",
+)
+
+
 def usage_record(usage: Usage) -> dict[str, Any] | None:
     """An attempt's usage as stored (None: it reported nothing)."""
     if usage.empty and usage.model is None:
@@ -117,3 +130,8 @@ def usage_record(usage: Usage) -> dict[str, Any] | None:
         "model": usage.model,
         "endpoint": usage.endpoint,
     }
+
+
+def recorded_usage(record: dict[str, Any]) -> Usage:
+    """The usage a stored record holds (a key missing or None: Usage's default)."""
+    return Usage(**{name: record[name] for name in USAGE_KEYS if record.get(name) is not None})

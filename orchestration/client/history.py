@@ -19,13 +19,13 @@ from orchestration.client.runtime import Runtime, get_runtime
 from orchestration.constants import COMPLETED, OUTCOME_SUCCESS, STEP_FINAL
 from orchestration.insights import (
     BreakerChange,
-    CallStats,
     Failure,
     Thresholds,
     find_patterns,
 )
 from orchestration.resilience.breaker import CLOSED
 from orchestration.spec import TeamSpec
+from orchestration.spending import USAGE_KEYS
 from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.history import HistoryRecords, Spent
@@ -278,16 +278,9 @@ AUDIT_FIELDS = (
     "duration_ms",
     "worker",
     "task_id",
-    "tokens_in",
-    "tokens_out",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "model",
-    "endpoint",
+    *USAGE_KEYS,
     "tool_calls",
 )
-_USAGE_FIELDS = ("tokens_in", "tokens_out", "cached_tokens", "reasoning_tokens", "cost_usd")
 
 
 def audit_records(
@@ -316,10 +309,8 @@ def audit_records(
             "worker": row["worker"],
             "task_id": row["task_id"],
         }
-        for name in _USAGE_FIELDS:
+        for name in USAGE_KEYS:
             record[name] = usage.get(name)
-        record["model"] = usage.get("model")
-        record["endpoint"] = usage.get("endpoint")
         record["tool_calls"] = row["tool_calls"] or None
         yield record
 
@@ -450,8 +441,8 @@ def failure_report(
         )
         for row in records.failures(since, end, REPORT_FAILURES)
     ]
-    current = _call_stats(records, since, end)
-    previous = _call_stats(records, start_before, since)
+    current = records.window_stats(since, end)
+    previous = records.window_stats(start_before, since)
     changes = [
         BreakerChange(key=row.key, at=_aware(row.at), to_state=row.to_state, reason=row.reason)
         for row in records.breaker_events(since, end)
@@ -473,13 +464,6 @@ def failure_report(
             for p in patterns
         ],
     )
-
-
-def _call_stats(records: HistoryRecords, since: datetime, until: datetime) -> dict[str, CallStats]:
-    return {
-        agent: CallStats(calls=s.calls, failures=s.failures, mean_ms=s.mean_ms)
-        for agent, s in records.window_stats(since, until).items()
-    }
 
 
 # --- retention ------------------------------------------------------------------------------

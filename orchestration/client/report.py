@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from orchestration.agents.call import Usage
 from orchestration.constants import SKIP_CONDITION
 from orchestration.spec import ApprovalSpec
+from orchestration.spending import USAGE_KEYS, recorded_usage
 from orchestration.store.approvals import ApprovalRecord
 from orchestration.store.models import AttemptRow, ExecutionRow, HandoffRow, StepRow
 
@@ -201,7 +202,7 @@ def build_report(
     for step_id, agent, record in usage or ():
         if not _reports_usage(record):
             continue  # only where the call went (a failed call to an endpoint)
-        one = _usage(record)
+        one = recorded_usage(record)
         by_step[step_id] = by_step.get(step_id, Usage()) + one
         by_agent[agent] = by_agent.get(agent, Usage()) + one
         total = one if total is None else total + one
@@ -222,23 +223,7 @@ def build_report(
 
 
 def _reports_usage(record: dict[str, Any]) -> bool:
-    return any(record.get(name) is not None for name in _USAGE_FIELDS if name != "endpoint")
-
-
-def _usage(record: dict[str, Any]) -> Usage:
-    fields = {name: record[name] for name in _USAGE_FIELDS if record.get(name) is not None}
-    return Usage(**fields)
-
-
-_USAGE_FIELDS = (
-    "tokens_in",
-    "tokens_out",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "model",
-    "endpoint",
-)
+    return any(record.get(name) is not None for name in USAGE_KEYS if name != "endpoint")
 
 
 def _approvals(execution: ExecutionRow, records: list[ApprovalRecord]) -> dict[str, ApprovalReport]:

@@ -60,11 +60,8 @@ class CachedBreakers:
         admission = self.store.admit(key, policy)
         if admission.closed is not None:
             self._remember(key, admission.closed)
-        elif not admission.allowed and admission.retry_at is not None and self.ttl > 0:
-            wall_left = (admission.retry_at - now()).total_seconds()
-            until = time.monotonic() + min(self.ttl, wall_left)
-            with self._lock:
-                self._open[key] = (until, admission)
+        elif not admission.allowed:
+            self._remember_rejection(key, admission)
         return admission
 
     def peek(self, key: str) -> Admission:
@@ -82,19 +79,19 @@ class CachedBreakers:
             return Admission(allowed=True)
         trial_at = view.snapshot.next_trial_at
         if view.snapshot.state == OPEN and trial_at is not None and now() < trial_at:
-            admission = Admission(
-                allowed=False,
-                state=OPEN,
-                retry_at=trial_at,
-                reason=f"circuit open for {key!r} until "
-                f"{trial_at.isoformat(timespec='milliseconds')}",
-            )
-            if self.ttl > 0:
-                until = time.monotonic() + min(self.ttl, (trial_at - now()).total_seconds())
-                with self._lock:
-                    self._open[key] = (until, admission)
+            admission = Admission.open_until(key, trial_at)
+            self._remember_rejection(key, admission)
             return admission
         return Admission(allowed=True, trial=True, state=view.snapshot.state)
+
+    def _remember_rejection(self, key: str, admission: Admission) -> None:
+        if self.ttl <= 0 or admission.retry_at is None:
+            return
+        # Never past the moment the breaker may admit a trial: then it must be asked.
+        wall_left = (admission.retry_at - now()).total_seconds()
+        until = time.monotonic() + min(self.ttl, wall_left)
+        with self._lock:
+            self._open[key] = (until, admission)
 
     def _cached_rejection(self, key: str) -> Admission | None:
         with self._lock:

@@ -42,6 +42,18 @@ class Admission:
     # The state read when the breaker was closed (for the per-worker cache).
     closed: BreakerSnapshot | None = None
 
+    @classmethod
+    def open_until(cls, key: str, trial_at: datetime) -> Admission:
+        """The refusal of an OPEN breaker whose cool-down ends at ``trial_at``."""
+        # `report` reads the key and the time back out of this reason
+        # (orchestration.insights).
+        return cls(
+            allowed=False,
+            state=OPEN,
+            retry_at=trial_at,
+            reason=f"circuit open for {key!r} until {trial_at.isoformat(timespec='milliseconds')}",
+        )
+
 
 @dataclass(frozen=True)
 class BreakerView:
@@ -119,13 +131,7 @@ class BreakerStore:
                 state = row.state
                 if state == OPEN:
                     if trial_at is not None and stamp < trial_at:
-                        return Admission(
-                            allowed=False,
-                            state=OPEN,
-                            retry_at=trial_at,
-                            reason=f"circuit open for {key!r} until "
-                            f"{trial_at.isoformat(timespec='milliseconds')}",
-                        )
+                        return Admission.open_until(key, trial_at)
                     moved = session.execute(
                         plain_update(BreakerRow)
                         .where(BreakerRow.key == key, BreakerRow.version == version)

@@ -27,6 +27,7 @@ from orchestration.constants import (
     OUTCOME_TIMEOUT,
 )
 from orchestration.errors import ExecutionNotFound
+from orchestration.insights import CallStats
 from orchestration.store.models import (
     AttemptRow,
     BreakerEventRow,
@@ -118,16 +119,6 @@ class GroupStats:
     p50_ms: float | None
     p95_ms: float | None
     spent: Spent
-
-
-@dataclass(frozen=True)
-class WindowStats:
-    """Per agent name over one window: calls that reached it, how many failed, mean
-    duration."""
-
-    calls: int
-    failures: int
-    mean_ms: float | None
 
 
 @dataclass(frozen=True)
@@ -428,7 +419,7 @@ class HistoryRecords:
         }
 
     @_retrying
-    def window_stats(self, since: datetime, until: datetime) -> dict[str, WindowStats]:
+    def window_stats(self, since: datetime, until: datetime) -> dict[str, CallStats]:
         """Per agent name, over attempts that began in [since, until)."""
         reached = AttemptRow.outcome.in_(REACHED)
         query = (
@@ -443,7 +434,7 @@ class HistoryRecords:
         )
         with self._store.reader.connect() as connection:
             return {
-                agent: WindowStats(
+                agent: CallStats(
                     calls=int(calls),
                     failures=int(failures),
                     mean_ms=None if mean is None else float(mean),
