@@ -42,7 +42,7 @@ class Timing:
 
 
 def _stamp(value: datetime) -> float:
-    from orchestration.store.breakers import aware
+    from orchestration.store.repository import aware
 
     stamped = aware(value)
     assert stamped is not None

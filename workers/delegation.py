@@ -67,7 +67,6 @@ from orchestration.spending import AttemptSpending, usage_record
 from orchestration.step_state import StepState, record_of
 from orchestration.store.approvals import ApprovalRecord, ApprovalRecords
 from orchestration.store.breaker_cache import CachedBreakers
-from orchestration.store.breakers import aware
 from orchestration.store.budgets import BudgetRecords
 from orchestration.store.delegations import DelegationRecords
 from orchestration.store.memory import MemoryRecords
@@ -76,6 +75,7 @@ from orchestration.store.repository import (
     AttemptError,
     Countdown,
     Decided,
+    aware,
     now,
 )
 from workers.asks import Asks

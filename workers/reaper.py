@@ -30,9 +30,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from orchestration.priorities import Priority
-from orchestration.store.breakers import aware
 from orchestration.store.maintenance import MaintenanceRecords
-from orchestration.store.repository import now
+from orchestration.store.repository import aware, now
 from workflows.status import StepStatus
 
 log = logging.getLogger("troupe.reaper")

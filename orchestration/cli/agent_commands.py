@@ -21,9 +21,9 @@ from orchestration.cli.invocation import Invocation, pass_invocation
 from orchestration.limits.demand import EndpointStats
 from orchestration.resilience.breaker import CLOSED
 from orchestration.store.agent_registry import AgentRegistry, by_identity
-from orchestration.store.breakers import BreakerStore, aware
+from orchestration.store.breakers import BreakerStore
 from orchestration.store.models import AgentRow
-from orchestration.store.repository import now
+from orchestration.store.repository import aware, now
 
 
 def _when(value: datetime | None) -> str:

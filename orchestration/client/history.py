@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -30,26 +30,21 @@ from orchestration.store.agent_registry import AgentRegistry
 from orchestration.store.breakers import BreakerStore
 from orchestration.store.history import HistoryRecords, Spent
 from orchestration.store.models import ExecutionRow, StepRow
-from orchestration.store.repository import now
+from orchestration.store.repository import aware, now
 from workflows.plan import build_plan
 
 # A failure report reads at most this many of the window's latest failures.
 REPORT_FAILURES = 20_000
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything Troupe writes is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _when(value: datetime | None) -> str | None:
-    return _aware(value).isoformat() if value is not None else None
+    return aware(value).isoformat() if value is not None else None
 
 
 def _ms(start: datetime | None, end: datetime | None) -> int | None:
     if start is None or end is None:
         return None
-    return max(0, int((_aware(end) - _aware(start)).total_seconds() * 1000))
+    return max(0, int((aware(end) - aware(start)).total_seconds() * 1000))
 
 
 def _cost(spent: Spent) -> float | None:
@@ -219,7 +214,7 @@ def step_starts(execution_id: str, *, runtime: Runtime | None = None) -> dict[st
     """When each step of the execution that has started first started (a view opened
     while it runs counts a running step's time from there)."""
     rows = (runtime or get_runtime()).executions.steps(execution_id)
-    return {row.step_id: _aware(row.started_at) for row in rows if row.started_at is not None}
+    return {row.step_id: aware(row.started_at) for row in rows if row.started_at is not None}
 
 
 def _step_order(row: StepRow) -> tuple[int, int, str]:
@@ -257,7 +252,7 @@ def _ready_moments(
                 moments[sid] = execution.created_at
                 continue
             ends = [steps[dep].finished_at if dep in steps else None for dep in deps[sid]]
-            known = [_aware(end) for end in ends if end is not None]
+            known = [aware(end) for end in ends if end is not None]
             moments[sid] = max(known) if len(known) == len(ends) else None
     return moments
 
@@ -428,7 +423,7 @@ def failure_report(
     start_before = since - (end - since)
     failures = [
         Failure(
-            at=_aware(row.started_at),
+            at=aware(row.started_at),
             execution_id=row.execution_id,
             team=row.team,
             step_id=row.step_id,
@@ -444,7 +439,7 @@ def failure_report(
     current = records.window_stats(since, end)
     previous = records.window_stats(start_before, since)
     changes = [
-        BreakerChange(key=row.key, at=_aware(row.at), to_state=row.to_state, reason=row.reason)
+        BreakerChange(key=row.key, at=aware(row.at), to_state=row.to_state, reason=row.reason)
         for row in records.breaker_events(since, end)
     ]
     patterns = find_patterns(failures, current, previous, changes, thresholds)

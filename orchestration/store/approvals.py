@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestration.constants import PENDING, RUNNING, WAITING_APPROVAL
 from orchestration.store.models import ApprovalRow, ExecutionRow, StepRow
-from orchestration.store.repository import Store, _aware, _retrying, now, plain_update
+from orchestration.store.repository import Store, _retrying, aware, now, plain_update
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ def _record(row: Any) -> ApprovalRecord:
         execution_id=row.execution_id,
         step_id=row.step_id,
         prompt=row.prompt,
-        requested_at=_aware(row.requested_at),
-        timeout_at=_aware(row.timeout_at),
+        requested_at=aware(row.requested_at),
+        timeout_at=aware(row.timeout_at),
         decision=row.decision,
         decided_by=row.decided_by,
         comment=row.comment,
-        decided_at=_aware(row.decided_at) if row.decided_at is not None else None,
+        decided_at=aware(row.decided_at) if row.decided_at is not None else None,
     )
 
 

@@ -11,7 +11,7 @@ shares its breaker.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -27,7 +27,7 @@ from orchestration.resilience.breaker import (
 )
 from orchestration.spec import BreakerPolicy
 from orchestration.store.models import BreakerEventRow, BreakerRow
-from orchestration.store.repository import Store, _retrying, now, plain_update
+from orchestration.store.repository import Store, _retrying, aware, now, plain_update
 
 _CAS_ATTEMPTS = 50
 
@@ -60,13 +60,6 @@ class BreakerView:
     key: str
     snapshot: BreakerSnapshot
     updated_at: datetime
-
-
-def aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we write is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _snapshot(row: BreakerRow) -> BreakerSnapshot:

@@ -35,7 +35,7 @@ from orchestration.store.models import (
     HeartbeatRow,
     StepRow,
 )
-from orchestration.store.repository import Store, _aware, _retrying
+from orchestration.store.repository import Store, _retrying, aware
 
 # Attempts that reached the agent and ended: what success rates and durations are of. A
 # rejected attempt never called it; a running one has not ended.
@@ -190,9 +190,9 @@ class HistoryRecords:
                 id=row[0],
                 team=row[1],
                 status=row[2],
-                created_at=_aware(row[3]),
-                started_at=_aware(row[4]) if row[4] else None,
-                finished_at=_aware(row[5]) if row[5] else None,
+                created_at=aware(row[3]),
+                started_at=aware(row[4]) if row[4] else None,
+                finished_at=aware(row[5]) if row[5] else None,
                 retry_of=row[6],
                 steps=int(row[7]),
                 steps_completed=int(row[8]),

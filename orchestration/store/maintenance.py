@@ -19,8 +19,8 @@ from orchestration.constants import (
 from orchestration.store.models import AttemptRow, ExecutionRow, StepRow
 from orchestration.store.repository import (
     Store,
-    _aware,
     _retrying,
+    aware,
     mark_lost,
     now,
     plain_update,
@@ -94,8 +94,8 @@ class MaintenanceRecords:
                     func.max(AttemptRow.heartbeat_at),
                 ).where(AttemptRow.execution_id == execution_id)
             ).one()
-        events = [_aware(value) for value in row[1:3] if value is not None]
-        moments = [*events, *([_aware(row[3])] if row[3] is not None else [])]
+        events = [aware(value) for value in row[1:3] if value is not None]
+        moments = [*events, *([aware(row[3])] if row[3] is not None else [])]
         return AttemptActivity(
             running=bool(row[0]),
             latest=max(moments) if moments else None,
@@ -127,7 +127,7 @@ class MaintenanceRecords:
         ).where(StepRow.execution_id == execution_id)
         with self._store.reader.connect() as connection:
             row = connection.execute(query).one()
-        moments = [_aware(value) for value in row[1:] if value is not None]
+        moments = [aware(value) for value in row[1:] if value is not None]
         return StepActivity(retry_due=bool(row[0]), latest=max(moments) if moments else None)
 
     @_retrying

@@ -37,7 +37,7 @@ from orchestration.store.models import (
     MemoryRow,
     MessageRow,
 )
-from orchestration.store.repository import Store, _aware, _retrying, now
+from orchestration.store.repository import Store, _retrying, aware, now
 
 _memory: Table = MemoryRow.__table__  # type: ignore[assignment]
 
@@ -284,7 +284,7 @@ class MemoryRecords:
                     rule=row.rule,
                     writer_step=row.writer_step,
                     writer_attempt=row.writer_attempt,
-                    updated_at=_aware(row.updated_at),
+                    updated_at=aware(row.updated_at),
                 )
                 for row in session.scalars(query)
             ]
@@ -348,7 +348,7 @@ def _message(row: Any) -> Message:
         type=row.type,
         content=row.content,
         reply_to=row.reply_to,
-        at=_aware(row.created_at),
+        at=aware(row.created_at),
     )
 
 
@@ -362,5 +362,5 @@ def _write_of(row: MemoryHistoryRow) -> MemoryWrite:
         rule=row.rule,
         writer_step=row.writer_step,
         writer_attempt=row.writer_attempt,
-        at=_aware(row.at),
+        at=aware(row.at),
     )
