@@ -10,6 +10,7 @@ attempt is recorded once.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -137,6 +138,15 @@ class Delivery:
     orphaned_by: str | None = None
 
 
+def wake_of(delivery: Delivery, attempt: int) -> str:
+    """What brings ``attempt`` of the delivered step back at once if it waits for a slot
+    (``Demand.wake``): the message its capacity wait would send later, as JSON."""
+    return json.dumps(
+        [delivery.execution_id, delivery.step_id, attempt, delivery.previous_delay],
+        separators=(",", ":"),
+    )
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What the shell does after one delegation."""
@@ -258,6 +268,7 @@ class Delegation:
         *,
         prices: Mapping[str, ModelPrice] | None = None,
         wake_later: Callable[[str, str, float], None] | None = None,
+        wake_now: Callable[[str], None] | None = None,
         capacity: CapacityGate | None = None,
     ) -> None:
         self.store = store
@@ -270,6 +281,9 @@ class Delegation:
         self.prices = prices or {}
         # Sends (execution, step) again after so many seconds: a join's deadline timer.
         self.wake_later = wake_later
+        # Sends at once the attempt a wake names (see wake_of): a waiter for the slot a
+        # call has just freed. Without it the waiter comes back at its own time.
+        self.wake_now = wake_now
         # Endpoints and limits: counted in Redis by a worker (workers/tasks.py), in this
         # process when none is given.
         self.capacity = capacity or CapacityGate(
@@ -760,7 +774,12 @@ class Delegation:
         )
         try:
             route = self.capacity.route(
-                name, agent, holder=f"{step}:{call.attempt}", step=step, fair=fair
+                name,
+                agent,
+                holder=f"{step}:{call.attempt}",
+                step=step,
+                fair=fair,
+                wake=wake_of(delivery, call.attempt),
             )
         except LimitsUnavailable as exc:
             error = AttemptError(LimitsUnavailable.__name__, str(exc), OUTCOME_REJECTED)
@@ -773,6 +792,10 @@ class Delegation:
         """Sent again when capacity is expected, holding no worker slot meanwhile; the
         wait is recorded on the step (``status`` shows it)."""
         delivery = state.delivery
+        if waiting.duplicate:
+            # The other delivery is running this attempt and records its outcome: this
+            # one writes nothing, and looks again when that one's hold lapses.
+            return Outcome(retry=self._later(waiting.seconds, call.attempt, delivery))
         until = now() + timedelta(seconds=waiting.seconds)
         reason = f"waiting for capacity: {waiting.reason}"
         if call.deadline is not None and until >= call.deadline:
@@ -789,6 +812,12 @@ class Delegation:
             f"{reason}; next try in {waiting.seconds:.2f}s",
         )
         return Outcome(retry=self._later(waiting.seconds, call.attempt, delivery))
+
+    def _release(self, route: Route, settlement: Settlement) -> None:
+        """Give back the call's capacity, and send at once the waiter it wakes."""
+        wake = route.release(settlement)
+        if wake is not None and self.wake_now is not None:
+            self.wake_now(wake)
 
     def ended(self, execution_id: str) -> None:
         """The execution ended: free its slot of its team's key, if it holds one."""
@@ -892,12 +921,12 @@ class Delegation:
             # Another copy of this message started the same attempt a moment ago: this
             # call was interrupted (in a helper thread, it goes on unrecorded); look
             # again when the other copy's lease would have expired.
-            route.release(Settlement())
+            self._release(route, Settlement())
             if admission.trial:
                 self.breakers.store.release_trial(route.identity)
             return Outcome(retry=self._later(self.limits.lease_ttl, attempt, delivery))
         except _BookkeepingFailed as own:
-            route.release(Settlement())
+            self._release(route, Settlement())
             if admission.trial:
                 self.breakers.store.release_trial(route.identity)
             raise own.error from None
@@ -905,7 +934,8 @@ class Delegation:
             seconds = time.perf_counter() - started
             failure = classify(exc, agent.retry)
             spent = spending.spent
-            route.release(
+            self._release(
+                route,
                 Settlement(
                     seconds=seconds,
                     # Timed out: the server may have used them all.
@@ -914,7 +944,7 @@ class Delegation:
                     else spent.tokens_in + spent.tokens_out,
                     pause_seconds=failure.retry_after if failure.transient else None,
                     avoid=failure.transient,
-                )
+                ),
             )
             self.breakers.record_call(
                 route.identity,
@@ -968,8 +998,9 @@ class Delegation:
             continued = state.continuation(decided, finalized=state.finishes)
             return replace(continued, failure=failed.error)
         seconds = time.perf_counter() - started
-        route.release(
-            Settlement(seconds=seconds, tokens=result.usage.tokens_in + result.usage.tokens_out)
+        self._release(
+            route,
+            Settlement(seconds=seconds, tokens=result.usage.tokens_in + result.usage.tokens_out),
         )
         self.breakers.record_call(
             route.identity,

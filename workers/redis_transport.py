@@ -206,12 +206,26 @@ class Channel(redis.Channel):
 
     kombu takes one message per BRPOP: a round trip and a turn of the worker's event loop
     per message, about a third of a busy threads-pool worker's main process. Once a BRPOP
-    has brought one, the script above takes as many more as the prefetch allows (at most
-    ``MOST_PER_BATCH``) in one round trip, each registered as unacked in the same atomic
-    step, so they are exactly as recoverable as kombu's own.
+    has brought one, the script above takes as many more as the prefetch allows, and at
+    most the pool's width with it (and ``MOST_PER_BATCH``), in one round trip, each
+    registered as unacked in the same atomic step, so they are exactly as recoverable as
+    kombu's own.
     """
 
     QoS = QoS
+
+    # The smallest prefetch count the consumer set: the pool's own width. Celery raises
+    # the count by one for each message it holds for a countdown (a retry, a capacity
+    # wait), so the count alone would let one worker take every countdown message in
+    # one turn, and later run them a pool's width at a time while other workers idle.
+    _pool_width: int | None = None
+
+    def basic_qos(
+        self, prefetch_size: Any = 0, prefetch_count: Any = 0, apply_global: Any = False
+    ) -> Any:
+        if prefetch_count and (self._pool_width is None or prefetch_count < self._pool_width):
+            self._pool_width = prefetch_count
+        return super().basic_qos(prefetch_size, prefetch_count, apply_global)
 
     @cached_property
     def registered(self) -> set[str]:
@@ -232,6 +246,10 @@ class Channel(redis.Channel):
         room = self.qos.can_consume_max_estimate()
         queues = list(self.active_queues)
         if not room or not queues or self.global_keyprefix:
+            return
+        # At most a pool's width in one turn, with the message BRPOP brought.
+        room = min(room, (self._pool_width or 1) - 1)
+        if room <= 0:
             return
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         taken = self._take_batch(

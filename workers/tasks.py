@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -102,6 +103,7 @@ class TaskContext:
             Ledgers(BudgetRecords(state), ApprovalRecords(state), MemoryRecords(state)),
             prices=settings.prices,
             wake_later=_wake_later,
+            wake_now=_wake_now,
             capacity=capacity,
         )
         return cls(settings, state, records, runner, Routing.for_settings(settings))
@@ -162,6 +164,19 @@ def _wake_later(execution_id: str, step_id: str, countdown: float) -> None:
     """A join's deadline timer: its message, held by the broker until the deadline (a
     countdown holds no worker slot)."""
     _send_later(_message(team_of(records(), execution_id), execution_id, step_id, 1), countdown)
+
+
+def _wake_now(wake: str) -> None:
+    """A waiter for the slot a call has just freed (``wake_of``): its message now. It
+    still has its own timer, so a failure here costs only time."""
+    try:
+        execution_id, step_id, attempt, previous_delay = json.loads(wake)
+        message = _message(team_of(records(), execution_id), execution_id, step_id, attempt)
+        if previous_delay is not None:
+            message.kwargs["previous_delay"] = previous_delay
+        publish(app, [message])
+    except Exception as exc:
+        log.warning("a waiter for a freed slot was not woken (%s); it comes at its time", exc)
 
 
 @after_setup_logger.connect

@@ -65,6 +65,9 @@ class Demand:
     # Expected call duration when no latency has been measured yet.
     default_latency_ms: int = 200
     fair: FairSlot | None = None
+    # What to send to bring this attempt back at once if it waits for a slot: opaque to
+    # the limiter, which hands it to the call that frees a slot (``Limiter.release``).
+    wake: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class Grant:
 @dataclass(frozen=True)
 class Wait:
     ms: int
-    # fair | rate | concurrency | paused
+    # fair | rate | concurrency | paused | duplicate (another delivery of the same
+    # attempt holds its call: this one looks again when that one's hold lapses)
     cause: str
     # The key or identity that is full.
     what: str
@@ -89,6 +93,7 @@ class Wait:
             "rate": f"rate limit of {self.what}",
             "concurrency": f"calls in flight at {self.what}",
             "paused": f"{self.what} asked to wait (Retry-After)",
+            "duplicate": "another delivery of this attempt holds its call",
         }.get(self.cause, self.cause)
 
 
@@ -116,7 +121,10 @@ class EndpointStats:
 class Limiter(Protocol):
     def acquire(self, demand: Demand) -> Grant | Wait: ...
 
-    def release(self, grant: Grant, settlement: Settlement) -> None: ...
+    def release(self, grant: Grant, settlement: Settlement) -> str | None:
+        """Give back the call's counts; the ``wake`` of the first waiter for the slot
+        it frees (each waiter's once per wait), or None."""
+        ...
 
     def renew(self, grant: Grant) -> None: ...
 

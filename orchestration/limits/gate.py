@@ -49,17 +49,22 @@ class Route:
         if self.grant is not None and self.limiter is not None and not self._released:
             self.limiter.renew(self.grant)
 
-    def release(self, settlement: Settlement) -> None:
-        """Give back what the call held (once), with how it went."""
+    def release(self, settlement: Settlement) -> str | None:
+        """Give back what the call held (once), with how it went; the wake of a waiter
+        for the slot it frees, for the caller to send (see ``Demand.wake``)."""
         if self.grant is not None and self.limiter is not None and not self._released:
             self._released = True
-            self.limiter.release(self.grant, settlement)
+            return self.limiter.release(self.grant, settlement)
+        return None
 
 
 @dataclass(frozen=True)
 class Waiting:
     seconds: float
     reason: str
+    # Another delivery of the same attempt holds its call: nothing of the step's is to
+    # be written, only this delivery sent again after ``seconds``.
+    duplicate: bool = False
 
 
 class CapacityGate:
@@ -86,6 +91,7 @@ class CapacityGate:
         holder: str,
         step: str,
         fair: FairSlot | None = None,
+        wake: str | None = None,
     ) -> Route | Waiting:
         plan = capacity_of(agent)
         if not plan.limited and fair is None:
@@ -121,9 +127,13 @@ class CapacityGate:
                 )
             )
         while candidates:
-            answer = limiter.acquire(self._demand(plan, candidates, holder, step, fair))
+            answer = limiter.acquire(self._demand(plan, candidates, holder, step, fair, wake))
             if isinstance(answer, Wait):
-                return Waiting(answer.ms / 1000.0, f"{answer.describe()} (agent {name!r})")
+                return Waiting(
+                    answer.ms / 1000.0,
+                    f"{answer.describe()} (agent {name!r})",
+                    duplicate=answer.cause == "duplicate",
+                )
             endpoint = plan.endpoints[answer.index]
             admission = self.breakers.admit(endpoint.identity, agent.breaker)
             if admission.allowed:
@@ -131,6 +141,7 @@ class CapacityGate:
                     endpoint.identity, endpoint.spec, endpoint.address, admission, answer, limiter
                 )
             # Its trial went to another worker a moment ago: the call was never made.
+            # A waiter it would wake comes back at its own time.
             limiter.release(answer, Settlement())
             rejections.append(admission)
             candidates = [c for c in candidates if c.index != answer.index]
@@ -149,6 +160,7 @@ class CapacityGate:
         holder: str,
         step: str,
         fair: FairSlot | None,
+        wake: str | None,
     ) -> Demand:
         return Demand(
             holder=holder,
@@ -163,6 +175,7 @@ class CapacityGate:
             group_ms_per_token=plan.ms_per_token,
             tokens=plan.reserve_tokens,
             fair=fair,
+            wake=wake,
         )
 
 

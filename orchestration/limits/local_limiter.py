@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from orchestration.limits.demand import Demand, EndpointStats, Grant, Settlement, Wait
 
 _ALPHA = 0.3
+# Marks of admitted attempts kept before the lapsed ones are swept.
+_MOST_MARKS = 10_000
 
 
 def _now() -> float:
@@ -57,6 +59,8 @@ class LocalLimiter:
         self._queues: dict[str, _Queue] = {}
         self._turns: dict[str, int] = {}
         self._wrr: dict[str, dict[int, float]] = {}
+        self._admitted: dict[str, float] = {}  # attempt → when its mark lapses
+        self._wakes: dict[str, dict[str, str]] = {}  # group → waiting attempt → wake
 
     # --- helpers: as the Lua's ----------------------------------------------------------
 
@@ -95,6 +99,9 @@ class LocalLimiter:
 
     def _acquire(self, d: Demand, now: float) -> Grant | Wait:
         lease = d.lease_ms
+        held = self._admitted.get(d.holder, 0.0) - now
+        if held > 0:
+            return Wait(math.ceil(held), "duplicate", "")
         fair = d.fair
         fair_key = None
         if fair is not None:
@@ -151,6 +158,11 @@ class LocalLimiter:
             self._reserved.pop(d.holder, None)
             self._avoid.pop(d.step, None)
             self._queue("q:" + d.group).drop(d.holder)
+            self._wakes.get(d.group, {}).pop(d.holder, None)
+            if len(self._admitted) > _MOST_MARKS:
+                for gone in [h for h, until in self._admitted.items() if until <= now]:
+                    del self._admitted[gone]
+            self._admitted[d.holder] = now + lease
             return Grant(index=c.index, identity=c.identity, token=member, demand=d)
 
         def ends_of(key: str, took: float, ends: list[float]) -> None:
@@ -186,6 +198,8 @@ class LocalLimiter:
                 return ends[rank % len(ends)] + step * min(2, rank // len(ends)) - now
 
             wait = self._queue("q:" + d.group).wait(d.holder, when, lease, now)
+            if d.wake is not None:
+                self._wakes.setdefault(d.group, {})[d.holder] = d.wake
             return Wait(hold(wait), "concurrency", what)
 
         if not group_room:
@@ -277,13 +291,16 @@ class LocalLimiter:
         self._turns[d.group] = turn
         return tied[turn % len(tied)]
 
-    def release(self, grant: Grant, settlement: Settlement) -> None:
+    def release(self, grant: Grant, settlement: Settlement) -> str | None:
         d = grant.demand
         candidate = next(c for c in d.candidates if c.index == grant.index)
         with self._lock:
             now = _now()
             self._leases.get("if:" + grant.identity, {}).pop(grant.token, None)
             self._leases.get("gc:" + d.group, {}).pop(grant.token, None)
+            if settlement.seconds is None:
+                # Never made: its attempt may be admitted again at once (as the Lua).
+                self._admitted.pop(d.holder, None)
             delta = 0 if settlement.tokens is None else settlement.tokens - d.tokens
             for key, per_token in (
                 (grant.identity, candidate.ms_per_token),
@@ -306,6 +323,21 @@ class LocalLimiter:
                 self._paused[grant.identity] = max(self._paused.get(grant.identity, 0.0), until)
             if settlement.avoid and len(d.candidates) > 1:
                 self._avoid[d.step] = grant.index
+            if d.group_max_concurrency or candidate.max_concurrency:
+                return self._wake_first(d.group, now)
+            return None
+
+    def _wake_first(self, group: str, now: float) -> str | None:
+        """The first waiter's wake for a slot of ``group``, in queue order (as the
+        Lua's)."""
+        wakes = self._wakes.get(group)
+        queue = self._queues.get("q:" + group)
+        if not wakes or queue is None:
+            return None
+        for member, _ in sorted(queue.first.items(), key=lambda item: (item[1], item[0])):
+            if queue.deadline.get(member, 0.0) > now and member in wakes:
+                return wakes.pop(member)
+        return None
 
     def renew(self, grant: Grant) -> None:
         d = grant.demand
@@ -315,6 +347,8 @@ class LocalLimiter:
                 members = self._leases.get(key, {})
                 if grant.token in members and members[grant.token] > now:
                     members[grant.token] = now + d.lease_ms
+            if self._admitted.get(d.holder, 0.0) > now:
+                self._admitted[d.holder] = now + d.lease_ms
             if d.fair is not None:
                 holders = self._leases.get("fair:" + d.fair.key, {})
                 if holders.get(d.fair.execution_id, 0.0) > now:

@@ -126,6 +126,11 @@ class RedisLimiter:
         self._stats = self._client.register_script(STATS)
         self._unanswered = _Unanswered(self._client)
         self._release_loaded = False
+        # Agents (groups) whose slots had waiters when this process last heard: their
+        # releases wait for the script's reply, which may name a waiter to wake. The
+        # others' are sent without waiting (one round trip per call, the admission),
+        # and a waiter this process has not heard of comes back at its own time.
+        self._waited_for: set[str] = set()
 
     def acquire(self, demand: Demand) -> Grant | Wait:
         document: dict[str, Any] = {
@@ -153,6 +158,8 @@ class RedisLimiter:
                 for c in demand.candidates
             ],
         }
+        if demand.wake is not None:
+            document["wk"] = demand.wake
         fair = demand.fair
         if fair is not None:
             document["f"] = {
@@ -168,10 +175,20 @@ class RedisLimiter:
             raise LimiterOutage(f"Redis at {_safe(self.url)}: {type(exc).__name__}: {exc}") from exc
         granted, what, wait, identity = answer[:4]
         if int(granted) == 1:
+            self._heard(demand.group, int(answer[5]) > 0)
             # The member it holds (its token and when it began).
             member = _text(answer[4])
             return Grant(index=int(what), identity=_text(identity), token=member, demand=demand)
-        return Wait(ms=int(wait), cause=_text(what), what=_text(identity))
+        cause = _text(what)
+        if cause == "concurrency":
+            self._heard(demand.group, True)
+        return Wait(ms=int(wait), cause=cause, what=_text(identity))
+
+    def _heard(self, group: str, waiters: bool) -> None:
+        if waiters:
+            self._waited_for.add(group)
+        else:
+            self._waited_for.discard(group)
 
     def _admit(self, document: str) -> Any:
         try:
@@ -182,7 +199,7 @@ class RedisLimiter:
             pass  # loaded below
         return self._acquire(args=[document])
 
-    def release(self, grant: Grant, settlement: Settlement) -> None:
+    def release(self, grant: Grant, settlement: Settlement) -> str | None:
         demand = grant.demand
         tokens_delta = 0 if settlement.tokens is None else settlement.tokens - demand.tokens
         candidate = next(c for c in demand.candidates if c.index == grant.index)
@@ -191,6 +208,7 @@ class RedisLimiter:
             "tok": grant.token,
             "id": grant.identity,
             "g": demand.group,
+            "h": demand.holder,
             "s": demand.step,
             "dt": tokens_delta,
             "ct": candidate.ms_per_token,
@@ -199,13 +217,21 @@ class RedisLimiter:
             "pause": 0 if not settlement.pause_seconds else settlement.pause_seconds * 1000.0,
             "av": grant.index if settlement.avoid and len(demand.candidates) > 1 else -1,
             "avttl": AVOID_MS,
+            "wake": 1
+            if demand.group in self._waited_for
+            and (demand.group_max_concurrency or candidate.max_concurrency)
+            else 0,
         }
         # After the call: a failure here must not fail a call that was made (its
-        # counts lapse with their lease).
+        # counts lapse with their lease, and a waiter comes back at its own time).
         try:
+            if document["wake"]:
+                wake = _wake_of(self._run_release(_json(document)))
+                self._heard(demand.group, wake is not None)
+                return wake
             if self._release_loaded and not self._unanswered.script_missing:
                 self._unanswered.send("EVALSHA", self._release.sha, 0, _json(document))
-                return
+                return None
             # The first (or after Redis lost its scripts): waited for, which loads it.
             self._unanswered.script_missing = False
             self._release(args=[_json(document)])
@@ -214,6 +240,18 @@ class RedisLimiter:
             log.warning(
                 "limits: release of %s failed (%s); its lease will lapse", grant.identity, exc
             )
+        return None
+
+    def _run_release(self, document: str) -> Any:
+        """The release script's reply, after those of the releases still owed on the
+        unanswered connection (so the counts change in the order the calls ended)."""
+        try:
+            sent, answer = self._unanswered.call_if_owed("EVALSHA", self._release.sha, 0, document)
+            if sent:
+                return answer
+        except NoScriptError:
+            pass  # loaded below
+        return self._release(args=[document])
 
     def renew(self, grant: Grant) -> None:
         demand = grant.demand
@@ -222,6 +260,7 @@ class RedisLimiter:
             "tok": grant.token,
             "id": grant.identity,
             "g": demand.group,
+            "h": demand.holder,
             "lease": demand.lease_ms,
         }
         if demand.fair is not None:
@@ -253,6 +292,11 @@ class RedisLimiter:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _wake_of(reply: Any) -> str | None:
+    # The script answers 1, or the wake it took.
+    return _text(reply) if isinstance(reply, (bytes, str)) else None
 
 
 def _json(document: dict[str, Any]) -> str:

@@ -22,6 +22,15 @@ The rules (``local_limiter.py`` keeps the same ones in a process):
   to release).
 - *Keyed fairness*: a sorted set per key of the executions holding its slots, scored by
   their leases' end.
+- *Waking*: a waiter for a slot leaves what would bring it back at once (``wk:``, by
+  attempt); the call that frees a slot takes the first waiter's, in queue order, and
+  its worker sends it, so the slot is not idle until the waiter's own estimate (a
+  release waits for its reply only while the agent has waiters, as far as the
+  worker's last answers for it said: see ``RedisLimiter``). The
+  waiter's timer still runs: whichever delivery comes first is admitted, and marks its
+  attempt (``adm:``, under the call's lease); a later delivery of the same attempt is
+  told ``duplicate`` and looks again when that mark lapses, by when the attempt's
+  outcome is recorded. A call never made (released without a duration) clears it.
 
 Clocks are Redis's (``TIME``): workers on several hosts share one. Keys are built inside
 the scripts, so this needs one Redis, not a Cluster.
@@ -55,6 +64,10 @@ ACQUIRE: Final = (
     + """
 local lease = d.lease
 local cands = d.c
+
+-- another delivery of this attempt was admitted (a woken waiter and its own timer)
+local held = redis.call('PTTL', P .. 'adm:' .. d.h)
+if held > 0 then return {0, 'duplicate', held, ''} end
 
 local function forget_stale(queue, deadlines)
   local stale = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, 100)
@@ -185,7 +198,10 @@ local function admit(j, reserved)
   redis.call('DEL', P .. 'avoid:' .. d.s)
   redis.call('ZREM', P .. 'q:' .. d.g, d.h)
   redis.call('ZREM', P .. 'q:' .. d.g .. ':d', d.h)
-  return {1, c.i, 0, c.id, member}
+  redis.call('HDEL', P .. 'wk:' .. d.g, d.h)
+  redis.call('SET', P .. 'adm:' .. d.h, 1, 'PX', lease)
+  -- and whether others wait for the agent's slots (its release then wakes one)
+  return {1, c.i, 0, c.id, member, redis.call('ZCARD', P .. 'q:' .. d.g)}
 end
 
 -- when the calls holding a full key should end: each began at the time its member
@@ -222,7 +238,12 @@ local function wait_for_room()
     -- rather than leave a slot idle on a stale one
     return ends[(rank % #ends) + 1] + unit * math.min(2, math.floor(rank / #ends)) - now
   end
-  return {0, 'concurrency', hold(queue_wait(P .. 'q:' .. d.g, d.h, when)), what}
+  local wait = queue_wait(P .. 'q:' .. d.g, d.h, when)
+  if d.wk then
+    redis.call('HSET', P .. 'wk:' .. d.g, d.h, d.wk)
+    extend(P .. 'wk:' .. d.g, wait + lease + 60000)
+  end
+  return {0, 'concurrency', hold(wait), what}
 end
 
 if not group_room then return wait_for_room() end
@@ -340,6 +361,9 @@ RELEASE: Final = (
     + """
 redis.call('ZREM', P .. 'if:' .. d.id, d.tok)
 redis.call('ZREM', P .. 'gc:' .. d.g, d.tok)
+-- a call never made (its breaker trial went elsewhere, Troupe's own write failed):
+-- its attempt may be admitted again at once
+if d.lat < 0 then redis.call('DEL', P .. 'adm:' .. d.h) end
 
 local function settle(id, per_token)
   if per_token <= 0 or d.dt == 0 then return end
@@ -371,6 +395,21 @@ end
 if d.av >= 0 then
   redis.call('SET', P .. 'avoid:' .. d.s, d.av, 'PX', math.floor(d.avttl))
 end
+-- a slot is free: the first waiter for it not yet woken comes now
+if d.wake == 1 then
+  local queue = P .. 'q:' .. d.g
+  local wakes = P .. 'wk:' .. d.g
+  for _, member in ipairs(redis.call('ZRANGE', queue, 0, 49)) do
+    local deadline = tonumber(redis.call('ZSCORE', queue .. ':d', member))
+    if deadline and deadline > now then
+      local wake = redis.call('HGET', wakes, member)
+      if wake then
+        redis.call('HDEL', wakes, member)
+        return wake
+      end
+    end
+  end
+end
 return 1
 """
 )
@@ -385,6 +424,7 @@ end
 if redis.call('ZADD', P .. 'gc:' .. d.g, 'XX', 'CH', now + d.lease, d.tok) > 0 then
   extend(P .. 'gc:' .. d.g, d.lease + 60000)
 end
+redis.call('PEXPIRE', P .. 'adm:' .. d.h, d.lease)
 if d.f then
   local fair_key = P .. 'fair:' .. d.f
   if redis.call('ZADD', fair_key, 'XX', 'CH', now + d.fl, d.e) > 0 then

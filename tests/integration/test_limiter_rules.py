@@ -96,6 +96,46 @@ def test_at_most_max_concurrency_in_flight_and_a_release_makes_room(limiter: Lim
     granted(limiter.acquire(third))
 
 
+def test_a_release_wakes_the_first_waiter_for_the_slot_once(limiter: Limiter) -> None:
+    only = endpoints(name())
+    capped = {"group_max_concurrency": 1}
+    running = granted(limiter.acquire(demand(only, **capped)))
+    first, second = demand(only, wake="first", **capped), demand(only, wake="second", **capped)
+    assert waited(limiter.acquire(first)).cause == "concurrency"
+    assert waited(limiter.acquire(second)).cause == "concurrency"
+    # The slot's first waiter, in queue order, is handed to the call that frees it.
+    assert limiter.release(running, Settlement(seconds=0.01)) == "first"
+    # Someone else took the slot before it came: the next release wakes the next
+    # waiter, not the one already woken (it still has its own timer).
+    taker = granted(limiter.acquire(demand(only, **capped)))
+    assert limiter.release(taker, Settlement(seconds=0.01)) == "second"
+    admitted = granted(limiter.acquire(second))
+    # Admitted: no longer a waiter; nobody is left to wake.
+    assert limiter.release(admitted, Settlement(seconds=0.01)) is None
+    # An agent without a cap has no slots to wake anyone for.
+    free = granted(limiter.acquire(demand(endpoints(name()), wake="unused")))
+    assert limiter.release(free, Settlement(seconds=0.01)) is None
+
+
+def test_a_second_delivery_of_an_admitted_attempt_is_told_duplicate(limiter: Limiter) -> None:
+    only = endpoints(name(), max_concurrency=2)
+    attempt = f"{uuid.uuid4().hex}:s:1"
+    call = granted(limiter.acquire(demand(only, attempt, lease_ms=200)))
+    again = waited(limiter.acquire(demand(only, attempt, lease_ms=200)))
+    assert again.cause == "duplicate"
+    assert 0 < again.ms <= 200
+    # Released, the attempt stays marked until its lease lapses, by when its outcome
+    # is recorded; the next attempt of the step is a new holder.
+    limiter.release(call, Settlement(seconds=0.01))
+    assert waited(limiter.acquire(demand(only, attempt, lease_ms=200))).cause == "duplicate"
+    granted(limiter.acquire(demand(only, attempt.replace(":1", ":2"), lease_ms=200)))
+    time.sleep(0.25)
+    retaken = granted(limiter.acquire(demand(only, attempt, lease_ms=200)))
+    # A call never made (its breaker trial went elsewhere) leaves no mark.
+    limiter.release(retaken, Settlement())
+    granted(limiter.acquire(demand(only, attempt, lease_ms=200)))
+
+
 def test_a_dead_workers_calls_stop_counting_when_their_lease_lapses(limiter: Limiter) -> None:
     only = endpoints(name(), max_concurrency=1)
     granted(limiter.acquire(demand(only, lease_ms=150)))  # never released: its worker died
@@ -203,10 +243,10 @@ def test_latency_routing_prefers_the_endpoint_with_the_faster_recent_calls(
 
 def test_the_next_attempt_avoids_the_endpoint_the_last_one_failed_on(limiter: Limiter) -> None:
     pair = endpoints(name(), name())
-    for _ in range(4):
-        first = granted(limiter.acquire(demand(pair, attempt="x:step:1")))
+    for step in range(4):
+        first = granted(limiter.acquire(demand(pair, attempt=f"x:{step}:1")))
         limiter.release(first, Settlement(seconds=0.01, avoid=True))
-        second = granted(limiter.acquire(demand(pair, attempt="x:step:2")))
+        second = granted(limiter.acquire(demand(pair, attempt=f"x:{step}:2")))
         assert second.identity != first.identity
         limiter.release(second, Settlement(seconds=0.01))
 

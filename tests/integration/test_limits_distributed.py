@@ -275,15 +275,15 @@ def test_max_concurrency_holds_across_workers_and_keeps_its_slots_busy(
         times = arrivals(service, "/capped")
         assert len(times) == 12
         assert service.max_in_flight == 2
-        # 12 calls through 2 slots take about as long as 6 through one. A slot's next
-        # call is a waiter that comes back when the call before it should end, then
-        # is dispatched again (a read and the limiter) before it calls: tens of ms a
-        # hand-off here, against a pool's next message; a fifth of a 0.4 s call at most.
+        # 12 calls through 2 slots take as long as 6 through one: a call that frees its
+        # slot sends the first waiter for it at once (its worker's message, as a pool
+        # takes its next one), so no slot idles until a waiter's own estimate. 10 %
+        # for this machine's noise.
         base = arrivals(service, "/alone")
         one_slot_span = base[-1] + 0.4 - base[0]
         span = times[-1] + 0.4 - times[0]
         print(f"max_concurrency: span {span:.3f} s, one slot {one_slot_span:.3f} s")
-        assert span <= one_slot_span * 1.2, (span, one_slot_span)
+        assert span <= one_slot_span * 1.1, (span, one_slot_span)
 
 
 def test_requests_per_minute_spaces_the_calls_across_workers(

@@ -40,13 +40,19 @@ def publish(url: str, name: str, bodies: list[dict[str, Any]], priority: int = 0
             producer.publish(body, routing_key=name, declare=[Queue(name)], priority=priority)
 
 
-def drain_once(url: str, name: str, prefetch: int, on_message: Any) -> None:
-    """One turn of the consumer: one BRPOP answered, and the batch taken after it."""
+def drain_once(
+    url: str, name: str, prefetch: int, on_message: Any, raised_to: int | None = None
+) -> None:
+    """One turn of the consumer: one BRPOP answered, and the batch taken after it.
+    ``raised_to``: the prefetch count is then raised, as Celery does for each message it
+    holds for a countdown."""
     with (
         Connection(url, transport=TRANSPORT) as connection,
         Consumer(connection, [Queue(name)], callbacks=[on_message], accept=["json"]) as c,
     ):
         c.qos(prefetch_count=prefetch)
+        if raised_to is not None:
+            c.qos(prefetch_count=raised_to)
         connection.drain_events(timeout=5)
         # Leaving without an ack would let kombu restore the messages at shutdown:
         # acknowledge what was received so the queue's state is what the test says.
@@ -64,6 +70,17 @@ def test_one_turn_takes_as_many_as_the_prefetch_allows_in_order(
     client = redis.Redis.from_url(spare_redis_url)
     assert client.llen(queue_name) == 10
     assert client.hlen("unacked") == 0
+
+
+def test_one_turn_takes_no_more_than_the_pools_width(spare_redis_url: str, queue_name: str) -> None:
+    """Countdown messages raise the prefetch count; a worker still takes at most its
+    pool's width in one turn, so it cannot take every countdown message of the queue."""
+    publish(spare_redis_url, queue_name, [{"n": n} for n in range(30)])
+    received: list[int] = []
+    drain_once(
+        spare_redis_url, queue_name, 4, lambda body, _m: received.append(body["n"]), raised_to=20
+    )
+    assert received == [0, 1, 2, 3]
 
 
 def test_priorities_keep_their_order_inside_a_batch(spare_redis_url: str, queue_name: str) -> None:
