@@ -209,15 +209,17 @@ class Channel(redis.Channel):
     has brought one, the script above takes as many more as the prefetch allows, and at
     most the pool's width with it (and ``MOST_PER_BATCH``), in one round trip, each
     registered as unacked in the same atomic step, so they are exactly as recoverable as
-    kombu's own.
+    kombu's own. A worker holding countdown messages takes one per turn (see
+    ``_pool_width``).
     """
 
     QoS = QoS
 
     # The smallest prefetch count the consumer set: the pool's own width. Celery raises
     # the count by one for each message it holds for a countdown (a retry, a capacity
-    # wait), so the count alone would let one worker take every countdown message in
-    # one turn, and later run them a pool's width at a time while other workers idle.
+    # wait). While it holds any, batches would let the worker that holds them take the
+    # next ones too, as fast as they are sent again, and later run them a pool's width
+    # at a time while other workers idle: one message per turn then, as kombu takes.
     _pool_width: int | None = None
 
     def basic_qos(
@@ -247,8 +249,11 @@ class Channel(redis.Channel):
         queues = list(self.active_queues)
         if not room or not queues or self.global_keyprefix:
             return
+        width = self._pool_width
+        if width is None or self.qos.prefetch_count != width:
+            return
         # At most a pool's width in one turn, with the message BRPOP brought.
-        room = min(room, (self._pool_width or 1) - 1)
+        room = min(room, width - 1)
         if room <= 0:
             return
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
