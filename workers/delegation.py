@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from orchestration.agents.base import StartsOnLoop
 from orchestration.agents.call import AgentCall
 from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
@@ -53,7 +54,12 @@ from orchestration.priorities import Priority
 from orchestration.resilience.backoff import next_delay
 from orchestration.resilience.breaker import is_failure
 from orchestration.resilience.classify import classify
-from orchestration.resilience.time_limit import CallWatch, HeartbeatMonitor, call_with_time_limit
+from orchestration.resilience.time_limit import (
+    CallWatch,
+    HeartbeatMonitor,
+    call_with_time_limit,
+    wait_with_time_limit,
+)
 from orchestration.spec import (
     AgentSpec,
     ApprovalSpec,
@@ -905,18 +911,26 @@ class Delegation:
                 _own(mark_started)()
             spending.admit()
             adapter = build_adapter(route.spec)
-            result = call_with_time_limit(
-                lambda: collaboration.with_updates(adapter.invoke(agent_call)),
-                CallWatch(
-                    limit,
-                    heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
-                    monitor=monitor,
-                    renew_lease=_own(renew),
-                    lease_interval=self.limits.lease_interval,
-                    still_running=None if marked_first else _own(mark_started),
-                    still_running_after=self.limits.lease_after,
-                ),
+            watch = CallWatch(
+                limit,
+                heartbeat_timeout=step.heartbeat_timeout or agent.heartbeat_timeout,
+                monitor=monitor,
+                renew_lease=_own(renew),
+                lease_interval=self.limits.lease_interval,
+                still_running=None if marked_first else _own(mark_started),
+                still_running_after=self.limits.lease_after,
             )
+            # An async agent's call runs on the shared loop, waited for by this thread;
+            # any other in a helper thread (or here, under SIGALRM, in a pool process).
+            on_loop = (
+                adapter.start_on_loop(agent_call) if isinstance(adapter, StartsOnLoop) else None
+            )
+            if on_loop is not None:
+                result = collaboration.with_updates(wait_with_time_limit(on_loop, watch))
+            else:
+                result = call_with_time_limit(
+                    lambda: collaboration.with_updates(adapter.invoke(agent_call)), watch
+                )
         except _NotOurs:
             # Another copy of this message started the same attempt a moment ago: this
             # call was interrupted (in a helper thread, it goes on unrecorded); look

@@ -14,7 +14,10 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class SharedLoop:
@@ -24,9 +27,13 @@ class SharedLoop:
         # A forked process inherits the loop object but not the thread running it.
         os.register_at_fork(after_in_child=self._forget)
 
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """The coroutine, scheduled on the shared loop; cancelling the future cancels it."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._running_loop())
+
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """The coroutine's result, computed on the shared loop; this thread waits."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._running_loop())
+        future = self.submit(coroutine)
         try:
             return future.result()
         except BaseException:

@@ -6,6 +6,7 @@ import importlib
 import inspect
 import json
 from collections.abc import Callable
+from concurrent.futures import Future
 from functools import lru_cache
 from typing import Any
 
@@ -39,6 +40,7 @@ class PythonCallableAgent:
     def __init__(self, target: str) -> None:
         self.target = target
         self._function = load_target(target)
+        self._is_async = inspect.iscoroutinefunction(self._function)
 
     def invoke(self, call: AgentCall) -> AgentResult:
         try:
@@ -46,13 +48,34 @@ class PythonCallableAgent:
             if inspect.isawaitable(value):
                 value = shared_loop.run(_await(value))
         except (SystemExit, KeyboardInterrupt) as exc:
-            # Raised by the agent's own code: its attempt fails. Left alone, it would
-            # end the pool process (or the embedded worker's thread) and the message
-            # would be delivered again, without end.
-            raise AgentExited(
-                f"{self.target} raised {type(exc).__name__}"
-                + (f"({exc.args[0]!r})" if exc.args else "")
-            ) from None
+            raise self._exited(exc) from None
+        return self._result(value)
+
+    def start_on_loop(self, call: AgentCall) -> Future[AgentResult] | None:
+        """An ``async def`` agent's call, on the shared loop (``StartsOnLoop``)."""
+        if not self._is_async:
+            return None
+        return shared_loop.submit(self._finish(self._function(call)))
+
+    async def _finish(self, awaitable: Any) -> AgentResult:
+        try:
+            value = await awaitable
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # On the loop's thread, asyncio would let these stop the loop of every
+            # async agent of the process.
+            raise self._exited(exc) from None
+        return self._result(value)
+
+    def _exited(self, exc: BaseException) -> AgentExited:
+        # Raised by the agent's own code: its attempt fails. Left alone, it would end
+        # the pool process (or the embedded worker's thread) and the message would be
+        # delivered again, without end.
+        return AgentExited(
+            f"{self.target} raised {type(exc).__name__}"
+            + (f"({exc.args[0]!r})" if exc.args else "")
+        )
+
+    def _result(self, value: Any) -> AgentResult:
         if isinstance(value, Handoff):
             return AgentResult(output=None, handoff=value)
         result = value if isinstance(value, AgentResult) else AgentResult(output=value)

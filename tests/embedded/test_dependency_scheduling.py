@@ -151,6 +151,30 @@ def test_async_agents_wait_together_on_the_shared_loop_and_are_cut_off_at_their_
     assert max(out["a"]["started"], out["b"]["started"]) < min(out["a"]["ended"], out["b"]["ended"])
 
 
+def test_an_async_agent_that_exits_fails_its_step_and_the_shared_loop_goes_on(
+    runtime: Any,
+) -> None:
+    from tests.support.teams import agent
+
+    team = Team.from_yaml(
+        team_yaml(
+            "dag",
+            [
+                {"id": "exits", "agent": "once_exits"},
+                {"id": "after", "agent": "async_timed", "task": "0.5"},
+            ],
+            agents={"once_exits": agent("async_exits", max_attempts=1)},
+        ),
+        source="async-exits.yaml",
+    )
+    report = team.run(None, timeout=30)
+    steps = {step.id: step for step in report.steps}
+    assert steps["exits"].status == "failed"
+    assert (steps["exits"].error or "").startswith("AgentExited"), steps["exits"]
+    # The loop that ran it, where the other step was waiting, still runs.
+    assert steps["after"].status == "completed", steps["after"]
+
+
 def test_a_map_of_one_and_of_500_items(runtime: Any) -> None:
     steps: list[dict[str, Any]] = [
         {"id": "split", "agent": "split"},

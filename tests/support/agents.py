@@ -31,6 +31,7 @@ AGENT_NAMES = (
     "split",
     "per_item",
     "exits",
+    "async_exits",
     "interrupts",
     "kills_its_process",
 )
@@ -135,6 +136,12 @@ def per_item(call: Any) -> dict[str, Any]:
 
 def exits(call: Any) -> None:
     """Calls sys.exit, as a script's main function might."""
+    sys.exit(3)
+
+
+async def async_exits(call: Any) -> None:
+    """Calls sys.exit from a coroutine, on the loop every async agent shares."""
+    await asyncio.sleep(0)
     sys.exit(3)
 
 
