@@ -191,13 +191,18 @@ class RedisLimiter:
             self._waited_for.discard(group)
 
     def _admit(self, document: str) -> Any:
+        return self._run_after_owed(self._acquire, document)
+
+    def _run_after_owed(self, script: Any, document: str) -> Any:
+        """``script``'s reply, sent after the releases still owed on the unanswered
+        connection (so the counts change in the order the calls were made and ended)."""
         try:
-            sent, answer = self._unanswered.call_if_owed("EVALSHA", self._acquire.sha, 0, document)
+            sent, answer = self._unanswered.call_if_owed("EVALSHA", script.sha, 0, document)
             if sent:
                 return answer
         except NoScriptError:
             pass  # loaded below
-        return self._acquire(args=[document])
+        return script(args=[document])
 
     def release(self, grant: Grant, settlement: Settlement) -> str | None:
         demand = grant.demand
@@ -226,7 +231,7 @@ class RedisLimiter:
         # counts lapse with their lease, and a waiter comes back at its own time).
         try:
             if document["wake"]:
-                wake = _wake_of(self._run_release(_json(document)))
+                wake = _wake_of(self._run_after_owed(self._release, _json(document)))
                 self._heard(demand.group, wake is not None)
                 return wake
             if self._release_loaded and not self._unanswered.script_missing:
@@ -241,17 +246,6 @@ class RedisLimiter:
                 "limits: release of %s failed (%s); its lease will lapse", grant.identity, exc
             )
         return None
-
-    def _run_release(self, document: str) -> Any:
-        """The release script's reply, after those of the releases still owed on the
-        unanswered connection (so the counts change in the order the calls ended)."""
-        try:
-            sent, answer = self._unanswered.call_if_owed("EVALSHA", self._release.sha, 0, document)
-            if sent:
-                return answer
-        except NoScriptError:
-            pass  # loaded below
-        return self._release(args=[document])
 
     def renew(self, grant: Grant) -> None:
         demand = grant.demand
