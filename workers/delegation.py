@@ -10,6 +10,7 @@ attempt is recorded once.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import threading
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from orchestration.agents.base import StartsOnLoop
+from orchestration.agents.base import StartOnLoop
 from orchestration.agents.call import AgentCall
 from orchestration.agents.registry import build_adapter
 from orchestration.agents.secrets import redact
@@ -785,7 +786,7 @@ class Delegation:
                 holder=f"{step}:{call.attempt}",
                 step=step,
                 fair=fair,
-                wake=wake_of(delivery, call.attempt),
+                wake=functools.partial(wake_of, delivery, call.attempt),
             )
         except LimitsUnavailable as exc:
             error = AttemptError(LimitsUnavailable.__name__, str(exc), OUTCOME_REJECTED)
@@ -922,9 +923,8 @@ class Delegation:
             )
             # An async agent's call runs on the shared loop, waited for by this thread;
             # any other in a helper thread (or here, under SIGALRM, in a pool process).
-            on_loop = (
-                adapter.start_on_loop(agent_call) if isinstance(adapter, StartsOnLoop) else None
-            )
+            start_on_loop: StartOnLoop | None = getattr(adapter, "start_on_loop", None)
+            on_loop = start_on_loop(agent_call) if start_on_loop is not None else None
             if on_loop is not None:
                 result = collaboration.with_updates(wait_with_time_limit(on_loop, watch))
             else:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from orchestration.agents.call import AgentCall, AgentResult
 
@@ -14,12 +15,9 @@ class AgentAdapter(Protocol):
         ...
 
 
-@runtime_checkable
-class StartsOnLoop(Protocol):
-    """An agent whose calls can run as coroutines on the process's shared event loop
-    (``event_loop.shared_loop``), waited for by the delegation's own thread: no thread
-    of their own for each call."""
-
-    def start_on_loop(self, call: AgentCall) -> Future[AgentResult] | None:
-        """The attempt begun on the loop; None if this one runs through ``invoke``."""
-        ...
+# An adapter may also define ``start_on_loop(call) -> Future[AgentResult] | None``: the
+# attempt begun as a coroutine on the process's shared event loop
+# (``event_loop.shared_loop``), waited for by the delegation's own thread, with no thread
+# of its own; None if this one runs through ``invoke``. Looked up by name: a runtime
+# protocol check cost 3 µs of every delegation.
+StartOnLoop = Callable[[AgentCall], "Future[AgentResult] | None"]

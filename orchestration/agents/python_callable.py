@@ -52,7 +52,7 @@ class PythonCallableAgent:
         return self._result(value)
 
     def start_on_loop(self, call: AgentCall) -> Future[AgentResult] | None:
-        """An ``async def`` agent's call, on the shared loop (``StartsOnLoop``)."""
+        """An ``async def`` agent's call, on the shared loop (see ``base.StartOnLoop``)."""
         if not self._is_async:
             return None
         return shared_loop.submit(self._finish(self._function(call)))

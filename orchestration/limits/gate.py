@@ -14,6 +14,7 @@ reaches the limiter: its breaker alone admits it, as before.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestration.errors import LimitsUnavailable
@@ -91,8 +92,11 @@ class CapacityGate:
         holder: str,
         step: str,
         fair: FairSlot | None = None,
-        wake: str | None = None,
+        wake: Callable[[], str] | None = None,
     ) -> Route | Waiting:
+        """Where the call goes, or how long it waits. ``wake`` makes what brings the
+        attempt back at once if it waits for a slot (``Demand.wake``): made only for a
+        call the limiter counts."""
         plan = capacity_of(agent)
         if not plan.limited and fair is None:
             only = plan.endpoints[0]
@@ -105,6 +109,7 @@ class CapacityGate:
                 "concurrency), which are counted in Redis: set TROUPE_REDIS_URL, or use "
                 "a Redis broker"
             )
+        wakes = wake() if wake is not None else None
         candidates: list[Candidate] = []
         rejections: list[Admission] = []
         for endpoint in plan.endpoints:
@@ -127,7 +132,7 @@ class CapacityGate:
                 )
             )
         while candidates:
-            answer = limiter.acquire(self._demand(plan, candidates, holder, step, fair, wake))
+            answer = limiter.acquire(self._demand(plan, candidates, holder, step, fair, wakes))
             if isinstance(answer, Wait):
                 return Waiting(
                     answer.ms / 1000.0,
