@@ -121,11 +121,15 @@ def delegation_message(
     attempt: int = 1,
     *,
     orphaned_by: str | None = None,
+    previous_delay: float | None = None,
 ) -> TaskMessage:
     # Every message names its attempt: that is how a redelivered copy is recognised.
     kwargs: dict[str, Any] = {"attempt": attempt}
     if orphaned_by is not None:
         kwargs["orphaned_by"] = orphaned_by
+    # The backoff's last delay, for a decorrelated jitter's next one.
+    if previous_delay is not None:
+        kwargs["previous_delay"] = previous_delay
     options = {
         # Flower and the logs show the delegation under its agent's name.
         "shadow": f"agent:{agent}",

@@ -171,10 +171,11 @@ def _wake_now(wake: str) -> None:
     still has its own timer, so a failure here costs only time."""
     try:
         execution_id, step_id, attempt, previous_delay = json.loads(wake)
-        message = _message(team_of(records(), execution_id), execution_id, step_id, attempt)
-        if previous_delay is not None:
-            message.kwargs["previous_delay"] = previous_delay
-        publish(app, [message])
+        team = team_of(records(), execution_id)
+        publish(
+            app,
+            [_message(team, execution_id, step_id, attempt, previous_delay=previous_delay)],
+        )
     except Exception as exc:
         log.warning("a waiter for a freed slot was not woken (%s); it comes at its time", exc)
 
@@ -304,10 +305,9 @@ def delegate(
             delivered,
             attempt,
             orphaned_by=request.id,
+            previous_delay=previous_delay,
         )
         again.kwargs["infra_retries"] = infra_retries + 1
-        if previous_delay is not None:
-            again.kwargs["previous_delay"] = previous_delay
         try:
             _send_later(again, delay)
         except Exception:
@@ -377,9 +377,13 @@ def run_eagerly(
             if delivery is first:
                 return retry
             team = team_of(records(), delivery.execution_id)
-            message = _message(team, delivery.execution_id, delivery.step_id, retry.attempt)
-            if retry.previous_delay is not None:
-                message.kwargs["previous_delay"] = retry.previous_delay
+            message = _message(
+                team,
+                delivery.execution_id,
+                delivery.step_id,
+                retry.attempt,
+                previous_delay=retry.previous_delay,
+            )
             _send_later(message, retry.countdown)
         send = list(outcome.send)
         eager = None
@@ -425,12 +429,21 @@ def _message(
     *,
     level: str | None = None,
     orphaned_by: str | None = None,
+    previous_delay: float | None = None,
 ) -> TaskMessage:
     """A step's delegation: to its agent's queue, at the execution's priority (or
     ``level``)."""
     agent = planned_for(team.plan, step_id).agent
     route = context().routing.step(team.agents.get(agent), level or team.priority)
-    return delegation_message(execution_id, step_id, agent, route, attempt, orphaned_by=orphaned_by)
+    return delegation_message(
+        execution_id,
+        step_id,
+        agent,
+        route,
+        attempt,
+        orphaned_by=orphaned_by,
+        previous_delay=previous_delay,
+    )
 
 
 def _take_eager(
